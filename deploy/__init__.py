@@ -1,0 +1,1 @@
+"""Sampling CLI, TF Serving-compatible HTTP server, demo page and launch files."""

@@ -1,0 +1,172 @@
+"""Hyperparameters of sketch-rnn: one frozen dataclass with named presets.
+
+The `paper` preset reproduces the defaults of the reference implementation
+(magenta/models/sketch_rnn, Ha & Eck 2017). Values that come from the data
+(N_max, the scale factor, the class list) are *not* hyperparameters: they are read
+from the pipeline's metadata.json and passed separately.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any, Iterable, Mapping
+
+CELL_TYPES = ("lstm", "layer_norm")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class HParams:
+    """All knobs of the model, the losses and the optimisation.
+
+    Sizes follow the reference names. Dropout values are *drop rates* (the reference
+    stores keep probabilities: its `recurrent_dropout_prob=0.9` is our 0.1).
+    """
+
+    # Network.
+    conditional: bool = True  # False: unconditional decoder-only model (no encoder, no z).
+    enc_rnn_size: int = 256  # Units per direction of the bidirectional encoder LSTM.
+    dec_rnn_size: int = 512  # Units of the decoder LSTM.
+    z_size: int = 128  # Latent dimension.
+    num_mixture: int = 20  # M, components of the Gaussian mixture over (dx, dy).
+    enc_model: str = "lstm"  # One of CELL_TYPES.
+    dec_model: str = "lstm"  # One of CELL_TYPES.
+    use_recurrent_dropout: bool = True  # Dropout on the cell candidate ("without memory loss").
+    recurrent_dropout_rate: float = 0.1
+    use_input_dropout: bool = False
+    input_dropout_rate: float = 0.1
+    use_output_dropout: bool = False
+    output_dropout_rate: float = 0.1
+
+    # Loss.
+    kl_weight: float = 0.5  # Final KL weight w_KL.
+    kl_weight_start: float = 0.01  # KL weight at step 0 (annealing start).
+    kl_decay_rate: float = 0.99995  # w_t = w_KL - (w_KL - w_start) * rate^t.
+    kl_tolerance: float = 0.2  # KL floor: the loss uses max(KL, kl_tolerance).
+
+    # Optimisation.
+    batch_size: int = 100  # Global batch size (split across replicas).
+    learning_rate: float = 1e-3
+    decay_rate: float = 0.9999  # lr_t = (lr - min_lr) * rate^t + min_lr.
+    min_learning_rate: float = 1e-5
+    grad_clip: float = 1.0  # Per-value gradient clipping.
+
+    # Data augmentation (training only).
+    random_scale_factor: float = 0.15  # Scale dx, dy by U(1 - f, 1 + f), independently per axis.
+    augment_stroke_prob: float = 0.10  # Probability of merging a point into the next one.
+
+    # Input / speed (do not change what is learned, only how fast).
+    trim_batches: bool = True  # Trim each batch to its longest sketch instead of N_max.
+    jit_compile: bool = False  # XLA-compile the training step.
+    precision: str = "float32"  # One of PRECISIONS; mixture math always stays float32.
+
+    def __post_init__(self) -> None:
+        errors = []
+        for name in ("enc_rnn_size", "dec_rnn_size", "z_size", "num_mixture", "batch_size"):
+            if getattr(self, name) < 1:
+                errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("recurrent_dropout_rate", "input_dropout_rate", "output_dropout_rate",
+                     "augment_stroke_prob", "random_scale_factor"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                errors.append(f"{name} must be in [0, 1), got {value}")
+        for name in ("decay_rate", "kl_decay_rate"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                errors.append(f"{name} must be in (0, 1], got {value}")
+        for name in ("learning_rate", "grad_clip"):
+            if getattr(self, name) <= 0:
+                errors.append(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("min_learning_rate", "kl_weight", "kl_weight_start", "kl_tolerance"):
+            if getattr(self, name) < 0:
+                errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("enc_model", "dec_model"):
+            if getattr(self, name) not in CELL_TYPES:
+                errors.append(f"{name} must be one of {CELL_TYPES}, got {getattr(self, name)!r}")
+        if self.precision not in PRECISIONS:
+            errors.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if errors:
+            raise ValueError("invalid hyperparameters: " + "; ".join(errors))
+
+    # --- construction -----------------------------------------------------------------
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **overrides: Any) -> "HParams":
+        """Returns a copy with `overrides` applied; unknown names raise ValueError."""
+        unknown = sorted(set(overrides) - set(self.field_names()))
+        if unknown:
+            raise ValueError(
+                f"unknown hyperparameter(s) {unknown}; known names: {', '.join(self.field_names())}")
+        return dataclasses.replace(self, **overrides)
+
+    def with_overrides(self, assignments: Iterable[str]) -> "HParams":
+        """Applies CLI-style `NAME=VALUE` strings, parsing VALUE by the field's type."""
+        hints = typing.get_type_hints(type(self))
+        parsed: dict[str, Any] = {}
+        for item in assignments:
+            name, sep, raw = item.partition("=")
+            name = name.strip()
+            if not sep or not name:
+                raise ValueError(f"expected NAME=VALUE, got {item!r}")
+            if name not in hints:
+                raise ValueError(
+                    f"unknown hyperparameter {name!r}; known names: {', '.join(self.field_names())}")
+            parsed[name] = _parse_value(name, raw.strip(), hints[name])
+        return self.replace(**parsed)
+
+    @classmethod
+    def preset(cls, name: str) -> "HParams":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return PRESETS[name]
+
+    # --- serialisation ----------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "HParams":
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s) {unknown} in saved hparams")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> "HParams":
+        return cls.from_dict(json.loads(text))
+
+
+def _parse_value(name: str, raw: str, kind: Any) -> Any:
+    if kind is bool:
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name} expects a boolean (true/false), got {raw!r}")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{name} expects {kind.__name__}, got {raw!r}") from None
+
+
+PAPER = HParams()
+PRESETS: dict[str, HParams] = {
+    # The reference implementation's defaults (Ha & Eck 2017; magenta sketch_rnn).
+    "paper": PAPER,
+    # Fast on a laptop CPU: for demos and the README's end-to-end command.
+    "small": PAPER.replace(enc_rnn_size=128, dec_rnn_size=256, z_size=64, num_mixture=10,
+                           batch_size=64),
+    # For tests: seconds per hundred steps on CPU.
+    "tiny": PAPER.replace(enc_rnn_size=16, dec_rnn_size=32, z_size=8, num_mixture=3,
+                          batch_size=8, learning_rate=3e-3),
+}

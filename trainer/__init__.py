@@ -1,0 +1,1 @@
+"""tf.data input, tf.distribute training, checkpoints and SavedModel export."""
