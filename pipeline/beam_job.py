@@ -1,0 +1,362 @@
+"""The Beam job: composes the per-record functions of `pipeline/records.py` into a pipeline.
+
+Batch (`run_batch`):
+
+    ndjson lines (ReadFromText per pattern)      .npz files (read whole, own split kept)
+          \\                                      /
+           Results: Drawing | Rejection   (one per line / sketch)
+              |-> rejections: dead letters -> DIR/rejected-*.jsonl; all counted by reason
+              |-> train drawings' dx, dy -> CombineGlobally(MomentsFn) -> scale factor (std)
+              '-> drawings / scale factor (side input) -> stroke-5 -> tf.train.Example
+                    -> DIR/{train,valid,test}-SSSSS-of-NNNNN.tfrecord.gz
+           counts (read / written per split and word / rejected per reason) + scale factor
+              + the written file names -> DIR/metadata.json (written last, by the pipeline itself,
+                so it also exists when a Dataflow job is launched without waiting)
+
+Streaming (`build_streaming`): the same per-record functions over an unbounded PCollection of
+lines, a fixed scale factor, fixed windows, TFRecord shards per window and split.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import os
+import time
+from typing import Any, Iterable, Sequence
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms import window
+
+from pipeline import records
+from pipeline.records import DEAD_LETTER, Config, Rejection
+from pipeline.schema import FORMAT_VERSION, METADATA_FILE, METADATA_KEYS, SPLITS, TFRECORD_SUFFIX
+
+DEAD_LETTER_PREFIX = "rejected"
+DEAD_LETTER_SUFFIX = ".jsonl"
+READ = ("read",)
+
+
+class CountKeys(beam.CombineFn):
+    """Counts hashable keys into one `collections.Counter` (few distinct keys; lifts before shuffle)."""
+
+    def create_accumulator(self):
+        return collections.Counter()
+
+    def add_input(self, acc, key):
+        acc[key] += 1
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = collections.Counter()
+        for acc in accs:
+            out.update(acc)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+class MomentsFn(beam.CombineFn):
+    """(count, mean, M2) of all dx, dy, merged with Chan's formula (stable; any order)."""
+
+    def create_accumulator(self):
+        return (0, 0.0, 0.0)
+
+    def add_input(self, acc, strokes3):
+        return records.merge_moments(acc, records.offset_moments(strokes3))
+
+    def merge_accumulators(self, accs):
+        out = (0, 0.0, 0.0)
+        for acc in accs:
+            out = records.merge_moments(out, acc)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _split_results(result):
+    if isinstance(result, Rejection):
+        yield beam.pvalue.TaggedOutput("rejections", result)
+    else:
+        yield result
+
+
+class ExamplesFromResults(beam.PTransform):
+    """Results (Drawing | Rejection) -> examples, dead letters, count keys, scale factor.
+
+    Outputs (a dict of PCollections):
+      examples:     (split, word, serialized tf.train.Example) for every kept drawing
+      dead_letters: JSON lines `{"reason", "detail", "line"}` for bad input
+      count_keys:   ("written", split, word) per example and ("rejected", reason) per rejection
+      moments:      one (count, mean, M2) of the train split's dx, dy (empty if a scale is given)
+      scale_factor: one float, the train std or the given `scale_factor`
+    """
+
+    def __init__(self, config: Config, scale_factor: float | None = None):
+        super().__init__()
+        self.config = config
+        self.scale_factor = scale_factor
+
+    def expand(self, results):
+        config = self.config
+        parts = results | "SplitResults" >> beam.FlatMap(_split_results).with_outputs(
+            "rejections", main="drawings")
+        drawings, rejections = parts.drawings, parts.rejections
+        if self.scale_factor is None:
+            moments = (drawings
+                       | "TrainOnly" >> beam.Filter(lambda d: d.split == "train")
+                       | "TrainStrokes" >> beam.Map(lambda d: d.strokes3)
+                       | "TrainMoments" >> beam.CombineGlobally(MomentsFn()))
+            scale = moments | "Std" >> beam.Map(records.scale_factor_from_moments)
+        else:
+            moments = results.pipeline | "NoMoments" >> beam.Create([(0, 0.0, 0.0)])
+            scale = results.pipeline | "GivenScale" >> beam.Create([float(self.scale_factor)])
+        examples = drawings | "ToExamples" >> beam.Map(
+            lambda d, s: (d.split, d.word, records.drawing_to_example(d, s, config.max_seq_len)),
+            s=beam.pvalue.AsSingleton(scale))
+        dead_letters = (rejections
+                        | "DeadOnly" >> beam.Filter(lambda r: r.kind == DEAD_LETTER)
+                        | "DeadJson" >> beam.Map(Rejection.to_json))
+        count_keys = (
+            (examples | "WrittenKeys" >> beam.Map(lambda e: ("written", e[0], e[1])),
+             rejections | "RejectedKeys" >> beam.Map(lambda r: ("rejected", r.reason)))
+            | "FlattenKeys" >> beam.Flatten())
+        return {"examples": examples, "dead_letters": dead_letters, "count_keys": count_keys,
+                "moments": moments, "scale_factor": scale}
+
+
+class Preprocess(beam.PTransform):
+    """Input records -> `ExamplesFromResults` outputs plus `counts`.
+
+    Records are ndjson lines (str) and `records.NpzSketch`es (or a Rejection for an unreadable file).
+    `counts` is one Counter of all count keys, with ("read",) once per input record, counted before
+    any processing so that `written + dead-lettered + filtered == read` is a real check.
+    """
+
+    def __init__(self, config: Config, scale_factor: float | None = None):
+        super().__init__()
+        self.config = config
+        self.scale_factor = scale_factor
+
+    def expand(self, records_in):
+        config = self.config
+        results = records_in | "Process" >> beam.Map(records.process_record, config)
+        out = results | "Examples" >> ExamplesFromResults(config, self.scale_factor)
+        read_keys = records_in | "ReadKeys" >> beam.Map(lambda _: READ)
+        out["counts"] = ((out["count_keys"], read_keys) | "AllKeys" >> beam.Flatten()
+                         | "Count" >> beam.CombineGlobally(CountKeys()))
+        return out
+
+
+# ---- metadata -------------------------------------------------------------------------------------
+
+def build_metadata(counts: collections.Counter, moments, scale_factor: float, scale_source: str,
+                   config: Config, sources: Sequence[str], files: Iterable[str] = ()) -> dict[str, Any]:
+    """The `metadata.json` dict from the job's counts (keys: see `schema.METADATA_KEYS` and README)."""
+    split_counts = {split: 0 for split in SPLITS}
+    class_counts: dict[str, dict[str, int]] = {}
+    rejected: dict[str, int] = {}
+    for key, n in counts.items():
+        if key[0] == "written":
+            _, split, word = key
+            split_counts[split] += n
+            class_counts.setdefault(word, {s: 0 for s in SPLITS})[split] += n
+        elif key[0] == "rejected":
+            rejected[key[1]] = rejected.get(key[1], 0) + n
+    dead = sum(n for r, n in rejected.items() if records.REASONS[r] == DEAD_LETTER)
+    filtered = sum(rejected.values()) - dead
+    written = sum(split_counts.values())
+    lines_read = counts.get(READ, 0)
+    return {
+        "format_version": FORMAT_VERSION,
+        "scale_factor": float(scale_factor),
+        "scale_factor_source": scale_source,
+        "train_offsets": {"count": int(moments[0]), "mean": float(moments[1]),
+                          "std": float(records.scale_factor_from_moments(moments))
+                          if moments[0] else None},
+        "max_seq_len": config.max_seq_len,
+        "classes": sorted(class_counts),
+        "counts": split_counts,
+        "class_counts": dict(sorted(class_counts.items())),
+        "lines_read": int(lines_read),
+        "written": int(written),
+        "dead_lettered": int(dead),
+        "filtered": int(filtered),
+        "accounted": written + dead + filtered == lines_read,
+        "rejected": dict(sorted(rejected.items())),
+        "rejection_kinds": {r: records.REASONS[r] for r in sorted(rejected)},
+        "rdp_epsilon": config.rdp_epsilon,
+        "split_fractions": {"train": 1.0 - config.valid_fraction - config.test_fraction,
+                            "valid": config.valid_fraction, "test": config.test_fraction},
+        "split_hash": "md5(key_id)[:8] / 2^64: < test -> test, < test+valid -> valid, else train"
+                      " (npz keeps its own split)",
+        "input_format": config.input_format,
+        "categories": list(config.categories),
+        "recognized_only": config.recognized_only,
+        "sources": list(sources),
+        "files": sorted(os.path.basename(f) for f in files),
+    }
+
+
+def write_metadata_file(output: str, metadata: dict[str, Any]) -> str:
+    """Writes `output/metadata.json` through Beam's FileSystems (local or gs://, no TensorFlow).
+
+    Same format as `schema.write_metadata` (indent 2, sorted keys); read it with `schema.read_metadata`.
+    """
+    missing = [k for k in METADATA_KEYS if k not in metadata]
+    if missing:
+        raise ValueError(f"metadata is missing keys {missing}")
+    path = FileSystems.join(output, METADATA_FILE)
+    with FileSystems.create(path, mime_type="application/json",
+                            compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(json.dumps(metadata, indent=2, sort_keys=True).encode("utf-8"))
+    return path
+
+
+def load_metadata_file(output: str) -> dict[str, Any]:
+    path = FileSystems.join(output, METADATA_FILE)
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+
+def classify_inputs(patterns: Sequence[str], input_format: str) -> tuple[list[str], list[str]]:
+    """Splits `--input` patterns into (ndjson patterns, npz file paths), with clear errors.
+
+    Each pattern must match at least one file. With `auto`, `.npz` files are npz and all others
+    ndjson (optionally .gz); a pattern may not mix both.
+    """
+    ndjson, npz = [], []
+    for pattern in patterns:
+        matched = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+        if not matched:
+            raise ValueError(f"--input {pattern!r} matches no file; check the path or glob")
+        if input_format == "npz":
+            npz.extend(sorted(matched))
+            continue
+        is_npz = [p.endswith(".npz") for p in matched]
+        if input_format == "auto" and all(is_npz):
+            npz.extend(sorted(matched))
+        elif input_format == "auto" and any(is_npz):
+            raise ValueError(f"--input {pattern!r} matches both .npz and ndjson files; "
+                             "give them as separate --input patterns")
+        else:
+            ndjson.append(pattern)
+    return ndjson, npz
+
+
+def _read_npz_file(path: str):
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        data = f.read()
+    yield from records.iter_npz(path, data)
+
+
+def build_batch(p: beam.Pipeline, ndjson_patterns: Sequence[str], npz_paths: Sequence[str],
+                output: str, config: Config, scale_factor: float | None = None,
+                num_shards: int = 0) -> None:
+    """Adds the whole batch job to pipeline `p` (sources, `Preprocess`, sinks, metadata)."""
+    sources = list(ndjson_patterns) + list(npz_paths)
+    inputs = [p | f"ReadNdjson[{i}]" >> beam.io.ReadFromText(pat)
+              for i, pat in enumerate(ndjson_patterns)]
+    if npz_paths:
+        inputs.append(p | "NpzFiles" >> beam.Create(list(npz_paths))
+                      | "SpreadNpzFiles" >> beam.Reshuffle()
+                      | "ReadNpz" >> beam.FlatMap(_read_npz_file))
+    if not inputs:
+        raise ValueError("no input: give at least one --input pattern")
+    records_in = inputs | "FlattenInputs" >> beam.Flatten() if len(inputs) > 1 else inputs[0]
+    out = records_in | "Preprocess" >> Preprocess(config, scale_factor)
+    counts = out["counts"]
+
+    written_files = []
+    by_split = out["examples"] | "BySplit" >> beam.Partition(
+        lambda e, n: SPLITS.index(e[0]), len(SPLITS))
+    for split, examples in zip(SPLITS, by_split):
+        written_files.append(
+            examples
+            | f"Serialized[{split}]" >> beam.Map(lambda e: e[2])
+            | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+                FileSystems.join(output, split), file_name_suffix=TFRECORD_SUFFIX,
+                num_shards=num_shards, compression_type=CompressionTypes.GZIP))
+    written_files.append(out["dead_letters"] | "WriteDeadLetters" >> beam.io.WriteToText(
+        FileSystems.join(output, DEAD_LETTER_PREFIX), file_name_suffix=DEAD_LETTER_SUFFIX,
+        num_shards=num_shards))
+    all_files = written_files | "AllFiles" >> beam.Flatten()
+    scale_source = "train_std" if scale_factor is None else "given"
+
+    def write_meta(_, counts, moments, scale, files):
+        meta = build_metadata(counts, moments, scale, scale_source, config, sources, files)
+        return write_metadata_file(output, meta)
+
+    _ = (p | "MetadataTrigger" >> beam.Create([None])
+         | "WriteMetadata" >> beam.Map(
+             write_meta, counts=beam.pvalue.AsSingleton(counts),
+             moments=beam.pvalue.AsSingleton(out["moments"]),
+             scale=beam.pvalue.AsSingleton(out["scale_factor"]),
+             files=beam.pvalue.AsList(all_files)))
+
+
+# ---- streaming ------------------------------------------------------------------------------------
+
+class TFRecordGzipSink(fileio.FileSink):
+    """fileio sink writing `(split, word, serialized)` elements as GZIP TFRecords."""
+
+    def open(self, fh):
+        self._gz = gzip.GzipFile(fileobj=fh, mode="wb")
+
+    def write(self, element):
+        records.write_tfrecord(self._gz, element[2])
+
+    def flush(self):
+        # Closing the GzipFile writes the gzip trailer; fileio closes `fh` itself.
+        self._gz.close()
+
+
+def build_streaming(lines, output: str, config: Config, scale_factor: float,
+                    window_seconds: float = 60.0, shards: int = 1) -> None:
+    """Adds the streaming job to an unbounded (or TestStream) PCollection of ndjson `lines`.
+
+    Per window of `window_seconds` (event time): `output/{split}-<window start>-<window end>-<pane>-
+    SSSSS-of-NNNNN.tfrecord.gz` for the splits that got drawings, and `output/rejected-<window>...jsonl`
+    for dead letters. Filtered drawings are dropped (Beam counters count them).
+    """
+    results = (lines | "Process" >> beam.Map(records.process_record, config)
+               | "Window" >> beam.WindowInto(window.FixedWindows(window_seconds)))
+    out = results | "Examples" >> ExamplesFromResults(config, scale_factor)
+    _ = out["examples"] | "WriteExamples" >> fileio.WriteToFiles(
+        path=output, destination=lambda e: e[0], sink=lambda dest: TFRecordGzipSink(),
+        file_naming=fileio.destination_prefix_naming(TFRECORD_SUFFIX), shards=shards)
+    _ = out["dead_letters"] | "WriteDeadLetters" >> fileio.WriteToFiles(
+        path=output, destination=lambda e: DEAD_LETTER_PREFIX, sink=lambda dest: fileio.TextSink(),
+        file_naming=fileio.destination_prefix_naming(DEAD_LETTER_SUFFIX), shards=shards)
+    _ = (out["count_keys"] | "CountOutcomes" >> beam.Map(_count_metric))
+
+
+def _count_metric(key: tuple) -> None:
+    beam.metrics.Metrics.counter("sketch_rnn", "/".join(str(k) for k in key)).inc()
+
+
+def streaming_metadata(base: dict[str, Any], config: Config, sources: Sequence[str]) -> dict[str, Any]:
+    """metadata.json of a streaming output: the batch run's scale factor and classes; counts are 0
+    (the data is unbounded: count the shards' records instead) and `streaming` is true."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "scale_factor": float(base["scale_factor"]),
+        "scale_factor_source": base.get("scale_factor_source", "given"),
+        "max_seq_len": config.max_seq_len,
+        "classes": list(base.get("classes", [])),
+        "counts": {split: 0 for split in SPLITS},
+        "lines_read": 0,
+        "rejected": {},
+        "rdp_epsilon": config.rdp_epsilon,
+        "sources": list(sources),
+        "streaming": True,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

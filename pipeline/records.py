@@ -1,0 +1,393 @@
+"""Per-record logic of the preprocessing job, as plain functions (no Beam, no TensorFlow).
+
+One input record (an ndjson line, or one sketch of an .npz file) becomes exactly one result:
+a `Drawing` (stroke-3 plus its split) or a `Rejection` (reason, kind, the line). The Beam job
+(`pipeline/beam_job.py`) only wires these functions together, so everything here is tested
+without a runner.
+
+Rejection kinds: `dead_letter` for bad input (written with the line to `DIR/rejected-*`) and
+`filtered` for valid drawings the options exclude (too long, category, unrecognized), which are
+only counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import struct
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from model.strokes import stroke3_to_stroke5
+from pipeline import simplify as simplify_lib
+from pipeline.schema import KEY_ID, LENGTH, SPLITS, STROKES, WORD
+
+DEAD_LETTER = "dead_letter"
+FILTERED = "filtered"
+
+# Rejection reasons (metadata `rejected` keys) and their kind.
+REASONS = {
+    "malformed_json": DEAD_LETTER,      # not JSON, or not a JSON object
+    "missing_field": DEAD_LETTER,       # word / key_id / drawing absent or empty
+    "wrong_type": DEAD_LETTER,          # a field of the wrong JSON type
+    "length_mismatch": DEAD_LETTER,     # x, y (and t) of a stroke differ in length
+    "non_finite": DEAD_LETTER,          # NaN / Infinity coordinates
+    "absurd_coordinates": DEAD_LETTER,  # |coordinate| > MAX_ABS_COORDINATE
+    "empty_drawing": DEAD_LETTER,       # no points at all
+    "single_point": DEAD_LETTER,        # one point, or all points at the same place
+    "bad_npz_sketch": DEAD_LETTER,      # an .npz entry that is not a finite [n, 3] array
+    "too_long": FILTERED,               # more than --max-seq-len stroke-3 points
+    "category_excluded": FILTERED,      # word not in --categories
+    "unrecognized": FILTERED,           # --recognized-only and recognized is not true
+}
+# Quick Draw canvases are at most a few thousand pixels; anything beyond this is corrupt data.
+MAX_ABS_COORDINATE = 1e5
+FORMATS = ("auto", "raw", "simplified", "npz")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Options of the per-record functions (picklable; shipped to the workers)."""
+
+    max_seq_len: int = 250
+    rdp_epsilon: float = simplify_lib.DEFAULT_RDP_EPSILON
+    valid_fraction: float = 0.05
+    test_fraction: float = 0.05
+    input_format: str = "auto"           # auto | raw | simplified (ndjson lines)
+    categories: tuple[str, ...] = ()     # normalized words to keep; empty = all
+    recognized_only: bool = False
+
+    def __post_init__(self):
+        if self.max_seq_len < 2:
+            raise ValueError(f"max_seq_len must be >= 2, got {self.max_seq_len}")
+        if not self.rdp_epsilon > 0:
+            raise ValueError(f"rdp_epsilon must be > 0, got {self.rdp_epsilon}")
+        if not (0 <= self.valid_fraction and 0 <= self.test_fraction
+                and self.valid_fraction + self.test_fraction < 1):
+            raise ValueError("valid and test fractions must be >= 0 and sum to less than 1, got "
+                             f"{self.valid_fraction} and {self.test_fraction}")
+        if self.input_format not in FORMATS:
+            raise ValueError(f"unknown input format {self.input_format!r}; expected one of {FORMATS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Drawing:
+    """A valid drawing: `strokes3 [n, 3]` float32 (dx, dy, pen_lifted) in pixels, before scaling."""
+
+    key_id: str
+    word: str
+    split: str
+    strokes3: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    reason: str
+    detail: str
+    line: str  # the input line (ndjson) or a description of the npz entry
+
+    @property
+    def kind(self) -> str:
+        return REASONS[self.reason]
+
+    def to_json(self) -> str:
+        """The dead-letter line: `{"reason", "detail", "line"}` (line = the original text)."""
+        return json.dumps({"reason": self.reason, "detail": self.detail, "line": self.line})
+
+
+def normalize_word(word: str) -> str:
+    """Category names compare case-insensitively, with `_` (file names) equal to a space."""
+    return " ".join(word.replace("_", " ").lower().split())
+
+
+def assign_split(key_id: str, valid_fraction: float, test_fraction: float) -> str:
+    """Deterministic split of a drawing by a fixed hash of its key_id.
+
+    The first 8 bytes of MD5(key_id) as a number in [0, 1): below `test_fraction` -> test, below
+    `test + valid` -> valid, else train. Independent of process, runner, order and sharding
+    (Python's `hash` is salted per process, so it must not be used here).
+    """
+    u = int.from_bytes(hashlib.md5(key_id.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + valid_fraction:
+        return "valid"
+    return "train"
+
+
+def _is_number_list(values) -> bool:
+    return isinstance(values, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def parse_strokes(drawing, input_format: str) -> tuple[np.ndarray, np.ndarray, bool] | Rejection:
+    """Validates a Quick Draw `drawing` field.
+
+    Returns (`xy [P, 2]` float64, `stroke_lengths [S]` int64, is_raw) or a Rejection (line left
+    empty; the caller fills it). Empty strokes are dropped (they carry no ink); a stroke with a
+    third list (t, raw format) must have it as long as x and y.
+    """
+    def reject(reason, detail):
+        return Rejection(reason, detail, "")
+
+    if not isinstance(drawing, list):
+        return reject("wrong_type", f"drawing must be a list of strokes, got {type(drawing).__name__}")
+    xs, ys, lengths, arity = [], [], [], set()
+    for i, stroke in enumerate(drawing):
+        if not isinstance(stroke, list) or len(stroke) not in (2, 3):
+            return reject("wrong_type", f"stroke {i} must be [[x...], [y...]] or [[x...], [y...], [t...]]")
+        if not all(_is_number_list(axis) for axis in stroke):
+            return reject("wrong_type", f"stroke {i} must hold lists of numbers")
+        if any(len(axis) != len(stroke[0]) for axis in stroke):
+            return reject("length_mismatch",
+                          f"stroke {i} has axes of lengths {[len(axis) for axis in stroke]}")
+        arity.add(len(stroke))
+        if stroke[0]:
+            xs.append(stroke[0])
+            ys.append(stroke[1])
+            lengths.append(len(stroke[0]))
+    if not lengths:
+        return reject("empty_drawing", "the drawing has no points")
+    if len(arity) > 1:
+        return reject("wrong_type", "strokes mix the raw [x, y, t] and simplified [x, y] forms")
+    is_raw = {"raw": True, "simplified": False}.get(input_format, 3 in arity)
+    try:
+        xy = np.stack([np.concatenate(xs), np.concatenate(ys)], axis=1).astype(np.float64)
+    except OverflowError:  # ints too large for float64
+        return reject("absurd_coordinates", "coordinates overflow float64")
+    if not np.isfinite(xy).all():
+        return reject("non_finite", "coordinates include NaN or Infinity")
+    if np.abs(xy).max() > MAX_ABS_COORDINATE:
+        return reject("absurd_coordinates",
+                      f"|coordinate| up to {np.abs(xy).max():.6g} > {MAX_ABS_COORDINATE:g}")
+    if xy.shape[0] < 2 or not (xy != xy[0]).any():
+        return reject("single_point", f"{xy.shape[0]} point(s), all at the same place")
+    return xy, np.asarray(lengths, dtype=np.int64), is_raw
+
+
+def process_line(line: str, config: Config) -> Drawing | Rejection:
+    """One Quick Draw ndjson line (raw or simplified) -> Drawing or Rejection.
+
+    Raw drawings are simplified like Quick Draw's simplified set (`pipeline/simplify.py`);
+    simplified ones are kept as they are. The stroke-3 of a kept drawing has at most
+    `config.max_seq_len` rows.
+    """
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", errors="replace")
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError) as e:
+        return Rejection("malformed_json", f"not JSON: {e}"[:200], line)
+    if not isinstance(record, dict):
+        return Rejection("malformed_json", f"a JSON {type(record).__name__}, not an object", line)
+    for field in ("word", "key_id", "drawing"):
+        if record.get(field) in (None, "", []):
+            return Rejection("missing_field", f"field {field!r} is missing or empty", line)
+    word, key_id = record["word"], record["key_id"]
+    if not isinstance(word, str):
+        return Rejection("wrong_type", f"word must be a string, got {type(word).__name__}", line)
+    if isinstance(key_id, bool) or not isinstance(key_id, (str, int)):
+        return Rejection("wrong_type", f"key_id must be a string, got {type(key_id).__name__}", line)
+    recognized = record.get("recognized")
+    if recognized is not None and not isinstance(recognized, bool):
+        return Rejection("wrong_type", f"recognized must be true/false, got {recognized!r}"[:200], line)
+    parsed = parse_strokes(record["drawing"], config.input_format)
+    if isinstance(parsed, Rejection):
+        return dataclasses.replace(parsed, line=line)
+    if config.categories and normalize_word(word) not in config.categories:
+        return Rejection("category_excluded", f"word {word!r} not in --categories", line)
+    if config.recognized_only and recognized is not True:
+        return Rejection("unrecognized", "recognized is not true (--recognized-only)", line)
+    xy, lengths, is_raw = parsed
+    if is_raw:
+        xy, lengths = simplify_lib.simplify(xy, lengths, config.rdp_epsilon)
+    strokes3 = simplify_lib.to_stroke3(xy, lengths)
+    if strokes3.shape[0] > config.max_seq_len:
+        return Rejection("too_long", f"{strokes3.shape[0]} points > --max-seq-len {config.max_seq_len}",
+                         line)
+    key_id = str(key_id)
+    return Drawing(key_id, word, assign_split(key_id, config.valid_fraction, config.test_fraction),
+                   strokes3)
+
+
+def process_npz_sketch(strokes3, word: str, split: str, key_id: str, config: Config
+                       ) -> Drawing | Rejection:
+    """One sketch of a sketch-rnn .npz (already stroke-3) -> Drawing (its own split kept) or Rejection."""
+    where = f"{key_id} ({word})"
+    try:
+        arr = np.asarray(strokes3, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        return Rejection("bad_npz_sketch", f"not numeric: {e}"[:200], where)
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        return Rejection("bad_npz_sketch", f"shape {arr.shape}, expected [n, 3]", where)
+    if arr.shape[0] == 0:
+        return Rejection("empty_drawing", "the sketch has no points", where)
+    if not np.isfinite(arr).all():
+        return Rejection("non_finite", "offsets include NaN or Infinity", where)
+    if np.abs(arr[:, :2]).max() > MAX_ABS_COORDINATE:
+        return Rejection("absurd_coordinates", f"|offset| > {MAX_ABS_COORDINATE:g}", where)
+    if arr.shape[0] < 2:
+        return Rejection("single_point", "one point", where)
+    if arr.shape[0] > config.max_seq_len:
+        return Rejection("too_long", f"{arr.shape[0]} points > --max-seq-len {config.max_seq_len}", where)
+    if config.categories and normalize_word(word) not in config.categories:
+        return Rejection("category_excluded", f"word {word!r} not in --categories", where)
+    out = arr.astype(np.float32)
+    out[:, 2] = (arr[:, 2] != 0).astype(np.float32)
+    return Drawing(key_id, word, split, out)
+
+
+@dataclasses.dataclass(frozen=True)
+class NpzSketch:
+    """One sketch read from a sketch-rnn .npz file, before validation."""
+
+    key_id: str
+    word: str
+    split: str
+    strokes3: object
+
+
+def iter_npz(path: str, data: bytes) -> Iterator[NpzSketch | Rejection]:
+    """All sketches of one sketch-rnn .npz file (its bytes), train/valid/test kept.
+
+    key_id is `<file name>:<split>:<index>`, word the file name without `.npz`. A file that is not
+    a readable npz yields one `bad_npz_sketch` rejection (counted as one record read).
+    """
+    name = os.path.basename(path)
+    word = name[:-4] if name.endswith(".npz") else name
+    try:
+        npz = np.load(io.BytesIO(data), encoding="latin1", allow_pickle=True)
+        arrays = {split: npz[split] for split in SPLITS if split in npz.files}
+    except Exception as e:  # noqa: BLE001 - any unreadable file becomes a dead letter, not a crash
+        yield Rejection("bad_npz_sketch", f"unreadable npz: {e}"[:200], path)
+        return
+    if not arrays:
+        yield Rejection("bad_npz_sketch", f"no train/valid/test arrays in {list(npz.files)}", path)
+        return
+    for split, sketches in arrays.items():
+        for i, sketch in enumerate(sketches):
+            yield NpzSketch(f"{name}:{split}:{i}", word, split, sketch)
+
+
+def process_record(record, config: Config) -> Drawing | Rejection:
+    """Any input record -> Drawing | Rejection: an ndjson line (str/bytes), an `NpzSketch`, or an
+    already-made Rejection (an unreadable file), passed through."""
+    if isinstance(record, NpzSketch):
+        return process_npz_sketch(record.strokes3, record.word, record.split, record.key_id, config)
+    if isinstance(record, Rejection):
+        return record
+    return process_line(record, config)
+
+
+def offset_moments(strokes3: np.ndarray) -> tuple[int, float, float]:
+    """(count, mean, M2) of all dx and dy of one sketch (M2 = sum of squared deviations)."""
+    values = np.asarray(strokes3[:, 0:2], dtype=np.float64).reshape(-1)
+    if values.size == 0:
+        return 0, 0.0, 0.0
+    mean = float(values.mean())
+    return int(values.size), mean, float(((values - mean) ** 2).sum())
+
+
+def merge_moments(a: tuple[int, float, float], b: tuple[int, float, float]) -> tuple[int, float, float]:
+    """Chan et al.'s parallel update of (count, mean, M2): exact and stable in any merge order."""
+    n_a, mean_a, m2_a = a
+    n_b, mean_b, m2_b = b
+    n = n_a + n_b
+    if n == 0:
+        return 0, 0.0, 0.0
+    delta = mean_b - mean_a
+    return n, mean_a + delta * n_b / n, m2_a + m2_b + delta * delta * n_a * n_b / n
+
+
+def scale_factor_from_moments(moments: tuple[int, float, float]) -> float:
+    """Population standard deviation (the reference's `np.std`) of the pooled dx, dy; 1.0 if undefined."""
+    n, _, m2 = moments
+    if n == 0 or m2 <= 0:
+        return 1.0
+    return math.sqrt(m2 / n)
+
+
+def to_stroke5(drawing: Drawing, scale_factor: float, max_seq_len: int) -> np.ndarray:
+    """Normalized, padded stroke-5 `[max_seq_len, 5]` float32: offsets / scale_factor."""
+    strokes3 = drawing.strokes3.astype(np.float32, copy=True)
+    strokes3[:, 0:2] /= np.float32(scale_factor)
+    return stroke3_to_stroke5(strokes3, max_seq_len)
+
+
+# ---- tf.train.Example encoding without TensorFlow -------------------------------------------------
+# Beam workers would otherwise import TensorFlow (seconds per worker) just to build a protobuf.
+# The bytes parse to the same message as `pipeline.schema.serialize_example` (tested).
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:  # length-delimited field (wire type 2)
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _feature_entry(key: str, feature: bytes) -> bytes:  # one map<string, Feature> entry
+    return _field(1, _field(1, key.encode("utf-8")) + _field(2, feature))
+
+
+def encode_example(strokes5: np.ndarray, length: int, word: str, key_id: str) -> bytes:
+    """`[N_max, 5]` stroke-5 + length + word + key_id -> serialized tf.train.Example bytes."""
+    floats = np.ascontiguousarray(strokes5, dtype="<f4").reshape(-1).tobytes()
+    length = int(length)
+    if length < 0:
+        raise ValueError(f"length must be >= 0, got {length}")
+    features = b"".join([
+        _feature_entry(STROKES, _field(2, _field(1, floats))),                  # float_list
+        _feature_entry(LENGTH, _field(3, _field(1, _varint(length)))),          # int64_list
+        _feature_entry(WORD, _field(1, _field(1, word.encode("utf-8")))),       # bytes_list
+        _feature_entry(KEY_ID, _field(1, _field(1, str(key_id).encode("utf-8")))),
+    ])
+    return _field(1, features)
+
+
+def drawing_to_example(drawing: Drawing, scale_factor: float, max_seq_len: int) -> bytes:
+    """Drawing -> serialized tf.train.Example of the schema (`pipeline/schema.py`)."""
+    strokes5 = to_stroke5(drawing, scale_factor, max_seq_len)
+    return encode_example(strokes5, drawing.strokes3.shape[0], drawing.word, drawing.key_id)
+
+
+# ---- TFRecord framing (for the streaming sink and the benchmark's plain loop) --------------------
+
+def _masked_crc32c(data: bytes) -> int:
+    try:
+        import google_crc32c  # installed with apache-beam[gcp]; C implementation
+        crc = google_crc32c.value(data)
+    except ImportError:  # pragma: no cover - Beam's own (slower) fallback
+        from apache_beam.io.tfrecordio import _default_crc32c_fn
+        crc = _default_crc32c_fn(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def write_tfrecord(handle, record: bytes) -> None:
+    """Appends one record in TFRecord framing: length, masked crc32c(length), data, masked crc32c(data)."""
+    header = struct.pack("<Q", len(record))
+    handle.write(header + struct.pack("<I", _masked_crc32c(header)) + record
+                 + struct.pack("<I", _masked_crc32c(record)))
+
+
+def iter_lines(paths: Sequence[str]) -> Iterator[str]:
+    """Lines of local text files (for the benchmark loop and tests)."""
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.rstrip("\n")
+                if line:
+                    yield line
