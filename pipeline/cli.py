@@ -111,7 +111,8 @@ def _fail(parser: argparse.ArgumentParser, message: str) -> int:
     return 2
 
 
-def print_summary(meta: dict, seconds: float, out=sys.stdout) -> None:
+def print_summary(meta: dict, seconds: float, out=None) -> None:
+    out = out or sys.stdout
     read = meta["lines_read"]
     print(f"sketch-rnn preprocess: {read} records read in {seconds:.1f} s "
           f"({read / max(seconds, 1e-9):.0f} drawings/s)", file=out)
