@@ -80,11 +80,24 @@ class MomentsFn(beam.CombineFn):
         return acc
 
 
-def _split_results(result):
+def _route_result(result, with_moments: bool):
+    """Drawing -> main output (and its strokes to "train_strokes" if train); Rejection -> its count
+    key to "rejected_keys" and, for bad input, its dead-letter line to "dead_letters"."""
     if isinstance(result, Rejection):
-        yield beam.pvalue.TaggedOutput("rejections", result)
-    else:
-        yield result
+        yield beam.pvalue.TaggedOutput("rejected_keys", ("rejected", result.reason))
+        if result.kind == DEAD_LETTER:
+            yield beam.pvalue.TaggedOutput("dead_letters", result.to_json())
+        return
+    if with_moments and result.split == "train":
+        yield beam.pvalue.TaggedOutput("train_strokes", result.strokes3)
+    yield result
+
+
+def _to_example(drawing, scale_factor: float, max_seq_len: int):
+    """Drawing -> (split, word, serialized Example), and its ("written", split, word) count key."""
+    yield (drawing.split, drawing.word,
+           records.drawing_to_example(drawing, scale_factor, max_seq_len))
+    yield beam.pvalue.TaggedOutput("written_keys", ("written", drawing.split, drawing.word))
 
 
 class ExamplesFromResults(beam.PTransform):
@@ -104,31 +117,24 @@ class ExamplesFromResults(beam.PTransform):
         self.scale_factor = scale_factor
 
     def expand(self, results):
-        config = self.config
-        parts = results | "SplitResults" >> beam.FlatMap(_split_results).with_outputs(
-            "rejections", main="drawings")
-        drawings, rejections = parts.drawings, parts.rejections
-        if self.scale_factor is None:
-            moments = (drawings
-                       | "TrainOnly" >> beam.Filter(lambda d: d.split == "train")
-                       | "TrainStrokes" >> beam.Map(lambda d: d.strokes3)
-                       | "TrainMoments" >> beam.CombineGlobally(MomentsFn()))
+        with_moments = self.scale_factor is None
+        # One DoFn routes everything (fewer transforms: pipeline construction is part of the
+        # job's fixed cost on small local runs).
+        parts = results | "Route" >> beam.FlatMap(_route_result, with_moments).with_outputs(
+            "train_strokes", "rejected_keys", "dead_letters", main="drawings")
+        if with_moments:
+            moments = parts.train_strokes | "TrainMoments" >> beam.CombineGlobally(MomentsFn())
             scale = moments | "Std" >> beam.Map(records.scale_factor_from_moments)
         else:
             moments = results.pipeline | "NoMoments" >> beam.Create([(0, 0.0, 0.0)])
             scale = results.pipeline | "GivenScale" >> beam.Create([float(self.scale_factor)])
-        examples = drawings | "ToExamples" >> beam.Map(
-            lambda d, s: (d.split, d.word, records.drawing_to_example(d, s, config.max_seq_len)),
-            s=beam.pvalue.AsSingleton(scale))
-        dead_letters = (rejections
-                        | "DeadOnly" >> beam.Filter(lambda r: r.kind == DEAD_LETTER)
-                        | "DeadJson" >> beam.Map(Rejection.to_json))
-        count_keys = (
-            (examples | "WrittenKeys" >> beam.Map(lambda e: ("written", e[0], e[1])),
-             rejections | "RejectedKeys" >> beam.Map(lambda r: ("rejected", r.reason)))
-            | "FlattenKeys" >> beam.Flatten())
-        return {"examples": examples, "dead_letters": dead_letters, "count_keys": count_keys,
-                "moments": moments, "scale_factor": scale}
+        examples = parts.drawings | "ToExamples" >> beam.FlatMap(
+            _to_example, beam.pvalue.AsSingleton(scale), self.config.max_seq_len
+        ).with_outputs("written_keys", main="examples")
+        count_keys = ((examples.written_keys, parts.rejected_keys)
+                      | "FlattenKeys" >> beam.Flatten())
+        return {"examples": examples.examples, "dead_letters": parts.dead_letters,
+                "count_keys": count_keys, "moments": moments, "scale_factor": scale}
 
 
 class Preprocess(beam.PTransform):
