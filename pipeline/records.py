@@ -19,7 +19,7 @@ import json
 import math
 import os
 import struct
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
@@ -382,12 +382,3 @@ def write_tfrecord(handle, record: bytes) -> None:
     handle.write(header + struct.pack("<I", _masked_crc32c(header)) + record
                  + struct.pack("<I", _masked_crc32c(record)))
 
-
-def iter_lines(paths: Sequence[str]) -> Iterator[str]:
-    """Lines of local text files (for the benchmark loop and tests)."""
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                line = line.rstrip("\n")
-                if line:
-                    yield line

@@ -5,7 +5,6 @@ streaming job under TestStream, and sketch-rnn .npz input."""
 import collections
 import glob
 import json
-import os
 import random
 
 import apache_beam as beam
@@ -297,3 +296,20 @@ def test_npz_input_keeps_its_split(shared_data, tmp_path):
     sketch = npz["valid"][i]
     np.testing.assert_allclose(valid["strokes"][0, :len(sketch), :2], sketch[:, :2] / ref, rtol=1e-5)
     np.testing.assert_array_equal(valid["strokes"][0, :len(sketch), 3], sketch[:, 2])
+
+
+def test_streaming_cli_checks_its_inputs(tmp_path, capsys):
+    base = ["--streaming", "--pubsub-topic", "projects/p/topics/t", "--output", str(tmp_path / "o")]
+    assert cli.main(base + ["--metadata-from", str(tmp_path / "missing")]) == 2
+    assert "cannot read metadata.json" in capsys.readouterr().err
+    meta_dir = tmp_path / "batch"
+    meta = beam_job.build_metadata(collections.Counter({("read",): 1, ("written", "train", "cat"): 1}),
+                                   (4, 0.0, 4.0), 1.0, "train_std", R.Config(max_seq_len=100), ["x"])
+    beam_job.write_metadata_file(str(meta_dir), meta)
+    assert schema.read_metadata(str(meta_dir))["counts"] == {"train": 1, "valid": 0, "test": 0}
+    assert cli.main(base + ["--metadata-from", str(meta_dir), "--max-seq-len", "99"]) == 2
+    assert "differs from the batch run's 100" in capsys.readouterr().err
+    assert cli.main(base + ["--scale-factor", "3", "--input", "x.ndjson"]) == 2
+    assert "not --input files" in capsys.readouterr().err
+    assert cli.main(["--streaming", "--scale-factor", "3", "--output", str(tmp_path)]) == 2
+    assert "--pubsub-topic" in capsys.readouterr().err
