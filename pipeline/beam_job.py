@@ -80,14 +80,22 @@ class MomentsFn(beam.CombineFn):
         return acc
 
 
+# Live progress in the Dataflow UI (and the runner's metrics); the exact counts come from the
+# CountKeys combine, which, unlike metrics, every runner computes exactly once.
+_DRAWINGS_OK = beam.metrics.Metrics.counter("sketch_rnn", "drawings_kept")
+_REJECTED = beam.metrics.Metrics.counter("sketch_rnn", "drawings_rejected")
+
+
 def _route_result(result, with_moments: bool):
     """Drawing -> main output (and its strokes to "train_strokes" if train); Rejection -> its count
     key to "rejected_keys" and, for bad input, its dead-letter line to "dead_letters"."""
     if isinstance(result, Rejection):
+        _REJECTED.inc()
         yield beam.pvalue.TaggedOutput("rejected_keys", ("rejected", result.reason))
         if result.kind == DEAD_LETTER:
             yield beam.pvalue.TaggedOutput("dead_letters", result.to_json())
         return
+    _DRAWINGS_OK.inc()
     if with_moments and result.split == "train":
         yield beam.pvalue.TaggedOutput("train_strokes", result.strokes3)
     yield result

@@ -211,3 +211,11 @@ def test_npz_sketches_keep_their_split_and_bad_entries_are_rejected():
     assert R.process_record(R.NpzSketch("k", "w", "valid", good), R.Config(max_seq_len=2)).reason == "too_long"
     bad = list(R.iter_npz("x.npz", b"not an npz"))
     assert len(bad) == 1 and bad[0].reason == "bad_npz_sketch" and bad[0].kind == R.DEAD_LETTER
+
+
+def test_stroke_values_must_be_plain_numbers():
+    for axis in ([True, False], [None, 1], [[1], [2]], [10**400, 1], ["1", "2"]):
+        r = R.process_line(_line([[axis, [0, 1]]]), CFG)
+        assert r.reason == "wrong_type", axis
+    # ints and floats mix freely
+    assert isinstance(R.process_line(_line([[[0, 1.5], [2, 3]]]), CFG), R.Drawing)
