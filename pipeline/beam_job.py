@@ -239,6 +239,19 @@ def load_metadata_file(output: str) -> dict[str, Any]:
         return json.loads(f.read().decode("utf-8"))
 
 
+def clear_outputs(output: str) -> list[str]:
+    """Deletes the files an earlier batch run wrote to `output` (only this job's own names:
+    `{train,valid,test}-*.tfrecord.gz`, `rejected-*.jsonl`, `metadata.json`), so that shards of an
+    earlier run with another shard count can never mix with the new ones. Returns what it deleted."""
+    patterns = [FileSystems.join(output, f"{split}-*{TFRECORD_SUFFIX}") for split in SPLITS]
+    patterns += [FileSystems.join(output, f"{DEAD_LETTER_PREFIX}-*{DEAD_LETTER_SUFFIX}"),
+                 FileSystems.join(output, METADATA_FILE)]
+    found = [m.path for r in FileSystems.match(patterns) for m in r.metadata_list]
+    if found:
+        FileSystems.delete(found)
+    return found
+
+
 # ---- inputs ---------------------------------------------------------------------------------------
 
 def classify_inputs(patterns: Sequence[str], input_format: str) -> tuple[list[str], list[str]]:

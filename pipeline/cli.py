@@ -25,6 +25,7 @@ Locally the default is --runner DirectRunner --direct_running_mode multi_process
 Outputs: DIR/{train,valid,test}-SSSSS-of-NNNNN.tfrecord.gz, DIR/rejected-*.jsonl (dead letters:
 one JSON object per bad input record with "reason", "detail" and the original "line") and
 DIR/metadata.json (scale factor, max_seq_len, classes, counts, rejection reasons, ...).
+A batch run first deletes these files (and only these) from an earlier run in DIR.
 """
 
 
@@ -134,6 +135,10 @@ def run_batch(args: argparse.Namespace, config: records.Config, beam_args: list[
 
     ndjson, npz = beam_job.classify_inputs(args.input, args.format)
     options = beam_options(beam_args)
+    stale = beam_job.clear_outputs(args.output)
+    if stale:
+        print(f"sketch-rnn preprocess: replacing {len(stale)} files of an earlier run in {args.output}",
+              file=sys.stderr)
     with beam.Pipeline(options=options) as p:
         beam_job.build_batch(p, ndjson, npz, args.output, config, args.scale_factor, args.num_shards)
     return beam_job.load_metadata_file(args.output)

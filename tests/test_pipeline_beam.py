@@ -175,9 +175,15 @@ def test_whole_job_on_sample_with_malformed_lines(job_input, tmp_path, capsys):
     for i in range(3):
         (in2 / f"part{i}.ndjson").write_text("\n".join(shuffled[i::3]) + "\n", encoding="utf-8")
     out2 = tmp_path / "out2"
+    out2.mkdir()
+    stale = [out2 / "train-00000-of-00009.tfrecord.gz", out2 / "rejected-00000-of-00001.jsonl"]
+    for path in stale + [out2 / "notes.txt"]:
+        path.write_bytes(b"from an earlier run")
     assert cli.main(["--input", str(in2 / "part2.ndjson"), "--input", str(in2 / "part[01].ndjson"),
                      "--output", str(out2), "--max-seq-len", "100", "--num-shards", "3"] + IN_MEMORY) == 0
     assert len(glob.glob(schema.split_pattern(str(out2), "train"))) == 3
+    assert (out2 / "notes.txt").exists() and not any(p.exists() and p.read_bytes() == b"from an earlier run"
+                                                     for p in stale)
     key_split2 = {k: s for s in schema.SPLITS for k in _read_split(out2, s, 100)["key_id"]}
     assert key_split2 == key_split
     meta2 = schema.read_metadata(str(out2))
