@@ -104,38 +104,41 @@ def rdp_keep_mask(xy: np.ndarray, stroke_lengths: np.ndarray, epsilon: float) ->
     point when both ends coincide; split at the first farthest point if it is > epsilon).
     """
     xy = np.asarray(xy, dtype=np.float64)
+    x, y = np.ascontiguousarray(xy[:, 0]), np.ascontiguousarray(xy[:, 1])
     lengths = np.asarray(stroke_lengths, dtype=np.int64)
     starts = _stroke_starts(lengths)
-    keep = np.zeros(xy.shape[0], dtype=bool)
+    keep = np.zeros(x.size, dtype=bool)
     keep[starts] = True
     keep[starts + lengths - 1] = True
     open_pts = ~keep  # points still inside a segment that may split
-    while open_pts.any():
-        kept = np.flatnonzero(keep)
+    while True:
         cand = np.flatnonzero(open_pts)
-        seg = np.searchsorted(kept, cand) - 1  # segment = (kept[seg], kept[seg + 1]); same stroke
-        a = xy[kept[seg]]
-        b = xy[kept[seg + 1]]
-        d = b - a
-        norm = np.hypot(d[:, 0], d[:, 1])
-        p = xy[cand]
-        cross = np.abs(d[:, 0] * (p[:, 1] - a[:, 1]) - d[:, 1] * (p[:, 0] - a[:, 0]))
-        dist = np.where(norm > 0, cross / np.where(norm > 0, norm, 1.0),
-                        np.hypot(p[:, 0] - a[:, 0], p[:, 1] - a[:, 1]))
+        if not cand.size:
+            return keep
+        kept = np.flatnonzero(keep)
+        seg = np.searchsorted(kept, cand)  # segment (kept[seg - 1], kept[seg]); same stroke
+        ai, bi = kept[seg - 1], kept[seg]
+        ax, ay = x[ai], y[ai]
+        dx, dy = x[bi] - ax, y[bi] - ay
+        px, py = x[cand] - ax, y[cand] - ay
+        norm = np.hypot(dx, dy)
+        dist = np.hypot(px, py)  # distance to the end point where both ends coincide ...
+        np.divide(np.abs(dx * py - dy * px), norm, out=dist, where=norm > 0)  # ... else to the line
         # Runs of equal `seg` are contiguous (cand is sorted): per-run max and its first position.
-        run_start = np.flatnonzero(np.concatenate([[True], seg[1:] != seg[:-1]]))
+        new_run = np.empty(cand.size, dtype=bool)
+        new_run[0] = True
+        np.not_equal(seg[1:], seg[:-1], out=new_run[1:])
+        run_start = np.flatnonzero(new_run)
         run_max = np.maximum.reduceat(dist, run_start)
-        run_len = np.diff(np.append(run_start, cand.size))
-        is_max = dist == np.repeat(run_max, run_len)
-        max_pos = np.flatnonzero(is_max)
-        run_of = np.repeat(np.arange(run_start.size), run_len)
-        first_max = max_pos[np.concatenate([[True], run_of[max_pos][1:] != run_of[max_pos][:-1]])]
+        run_len = np.diff(run_start, append=cand.size)
+        max_pos = np.flatnonzero(dist == np.repeat(run_max, run_len))
+        first_max = max_pos[np.searchsorted(max_pos, run_start)]
         split = run_max > epsilon
-        keep[cand[first_max[split]]] = True
+        chosen = cand[first_max[split]]
+        keep[chosen] = True
         # Segments that did not split are final: their inner points are dropped for good.
         open_pts[cand[~np.repeat(split, run_len)]] = False
-        open_pts[cand[first_max[split]]] = False
-    return keep
+        open_pts[chosen] = False
 
 
 def simplify(xy: np.ndarray, stroke_lengths: np.ndarray, epsilon: float = DEFAULT_RDP_EPSILON
