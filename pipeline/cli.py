@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sketch-rnn preprocess",
         description="Convert Quick Draw drawings (raw or simplified ndjson) or sketch-rnn .npz files "
                     "into normalized, padded stroke-5 TFRecords with Apache Beam.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        # No abbreviations: a Beam flag must never be taken for a prefix of one of ours.
+        allow_abbrev=False)
     io = parser.add_argument_group("input and output")
     io.add_argument("--input", action="append", default=[], metavar="PATTERN",
                     help="file pattern (local or gs://), repeatable: *.ndjson[.gz] or *.npz")
