@@ -1,0 +1,56 @@
+"""`sketch-rnn train`: parse flags, call `trainer.train.train_and_evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from model.hparams import PRESETS, HParams
+from trainer.train import STRATEGIES, NonFiniteLossError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sketch-rnn train", allow_abbrev=False,
+        description="Train sketch-rnn on the TFRecords written by `sketch-rnn preprocess`. "
+                    "Rerunning with the same --model-dir resumes from its latest checkpoint.")
+    p.add_argument("--data", required=True, help="directory (or gs:// prefix) with metadata.json and "
+                   "{train,valid,test}-*.tfrecord.gz from `sketch-rnn preprocess`")
+    p.add_argument("--model-dir", required=True, help="checkpoints, TensorBoard logs, hparams.json, export/")
+    p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="hyperparameter preset")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override one hyperparameter, e.g. --set batch_size=64 (repeatable)")
+    p.add_argument("--steps", type=int, default=100_000, help="train until this global step")
+    p.add_argument("--strategy", default="mirrored", choices=STRATEGIES,
+                   help="mirrored: all local GPUs (or CPU); multiworker: from TF_CONFIG; one_device")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--keep-checkpoints", type=int, default=5)
+    p.add_argument("--eval-every", type=int, default=1000, help="validate (and save the best) every N steps")
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export-dir", default=None, help="default: MODEL_DIR/export")
+    p.add_argument("--no-export", action="store_true", help="skip the SavedModel export at the end")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        hps = HParams.preset(args.preset).with_overrides(args.set)
+    except ValueError as e:
+        print(f"sketch-rnn train: {e}", file=sys.stderr)
+        return 2
+    for name in ("steps", "checkpoint_every", "keep_checkpoints", "log_every"):
+        if getattr(args, name) < 1:
+            print(f"sketch-rnn train: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    from trainer.train import train_and_evaluate
+    try:
+        train_and_evaluate(args.data, args.model_dir, hps, args.steps, args.strategy,
+                           checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+                           eval_every=args.eval_every, log_every=args.log_every, seed=args.seed,
+                           export_dir=args.export_dir, export=not args.no_export)
+    except (FileNotFoundError, ValueError, NonFiniteLossError) as e:
+        print(f"sketch-rnn train: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,118 @@
+"""SavedModel export with serving signatures in pixel-unit stroke-3 (TF Serving versioned layout).
+
+Signatures (strokes are stroke-3 float32 `[.., N, 3]` rows (dx, dy, pen_lifted) in PIXEL units;
+normalization by the data's scale factor and stroke-3 <-> stroke-5 happen inside the graph):
+  sample(num: int32[], temperature: float32[], seed: int32[]) -> {strokes [num, N_max, 3], lengths [num]}
+  encode(strokes [B, N, 3], lengths [B]) -> {mu [B, Z], sigma [B, Z]}   (sigma = exp(sigma_hat / 2))
+  decode(z [B, Z], temperature: float32[], seed: int32[]) -> {strokes [B, N_max, 3], lengths [B]}
+  complete(strokes [1, N, 3], lengths [1], num, temperature, seed) -> {strokes, lengths}
+     (the returned strokes start with the given prefix)
+Unconditional models export sample and complete only. Rows from `lengths[i]` on are zeros; the
+last real row has pen_lifted = 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import tensorflow as tf
+
+from model.hparams import HParams
+
+
+def stroke3_to_stroke5_tf(strokes3: tf.Tensor, lengths: tf.Tensor, scale: float) -> tf.Tensor:
+    """Pixel stroke-3 `[B, N, 3]` + lengths `[B]` -> normalized stroke-5 `[B, N, 5]`."""
+    strokes3 = tf.cast(strokes3, tf.float32)
+    n = tf.shape(strokes3)[1]
+    real = (tf.range(n)[None, :] < tf.cast(lengths, tf.int32)[:, None])[..., None]
+    pen_up = tf.cast(strokes3[..., 2:3] > 0.5, tf.float32)
+    rows = tf.concat([strokes3[..., :2] / scale, 1.0 - pen_up, pen_up, tf.zeros_like(pen_up)], -1)
+    return tf.where(real, rows, tf.constant([0.0, 0.0, 0.0, 0.0, 1.0]))
+
+
+def stroke5_to_stroke3_tf(strokes5: tf.Tensor, lengths: tf.Tensor, scale: float) -> tf.Tensor:
+    """Normalized stroke-5 `[B, N, 5]` -> pixel stroke-3 `[B, N, 3]`, zeros after `lengths`."""
+    strokes5 = tf.cast(strokes5, tf.float32)
+    lengths = tf.cast(lengths, tf.int32)
+    n = tf.shape(strokes5)[1]
+    idx = tf.range(n)[None, :]
+    pen = tf.cast(tf.equal(tf.argmax(strokes5[..., 2:5], axis=-1, output_type=tf.int32), 1), tf.float32)
+    pen = tf.where(tf.equal(idx, lengths[:, None] - 1), 1.0, pen)  # Close the last stroke.
+    rows = tf.concat([strokes5[..., :2] * scale, pen[..., None]], -1)
+    return tf.where((idx < lengths[:, None])[..., None], rows, 0.0)
+
+
+class SketchModule(tf.Module):
+    """tf.Module holding the Keras model and the data's scale factor, with serving functions."""
+
+    def __init__(self, model, hps: HParams, metadata: dict[str, Any]):
+        super().__init__(name="sketch_rnn")
+        self.model = model
+        self.scale = float(metadata["scale_factor"])
+        self.max_len = int(metadata["max_seq_len"])
+        self.conditional = hps.conditional
+        self.z_size = hps.z_size
+
+    def _out(self, strokes5, lengths):
+        lengths = tf.cast(lengths, tf.int32)
+        return {"strokes": stroke5_to_stroke3_tf(strokes5, lengths, self.scale), "lengths": lengths}
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name="num"),
+                                  tf.TensorSpec([], tf.float32, name="temperature"),
+                                  tf.TensorSpec([], tf.int32, name="seed")])
+    def sample(self, num, temperature, seed):
+        strokes5, lengths = self.model.sample(num, temperature, seed, max_len=self.max_len)
+        return self._out(strokes5, lengths)
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None, 3], tf.float32, name="strokes"),
+                                  tf.TensorSpec([1], tf.int32, name="lengths"),
+                                  tf.TensorSpec([], tf.int32, name="num"),
+                                  tf.TensorSpec([], tf.float32, name="temperature"),
+                                  tf.TensorSpec([], tf.int32, name="seed")])
+    def complete(self, strokes, lengths, num, temperature, seed):
+        prefix = stroke3_to_stroke5_tf(strokes, lengths, self.scale)
+        strokes5, out_lengths = self.model.complete(prefix, lengths, num, temperature, seed,
+                                                    max_len=self.max_len)
+        return self._out(strokes5, out_lengths)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32, name="strokes"),
+                                  tf.TensorSpec([None], tf.int32, name="lengths")])
+    def encode(self, strokes, lengths):
+        mu, sigma_hat = self.model.encode(stroke3_to_stroke5_tf(strokes, lengths, self.scale), lengths)
+        return {"mu": tf.cast(mu, tf.float32), "sigma": tf.exp(tf.cast(sigma_hat, tf.float32) / 2.0)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="z"),
+                                  tf.TensorSpec([], tf.float32, name="temperature"),
+                                  tf.TensorSpec([], tf.int32, name="seed")])
+    def decode(self, z, temperature, seed):
+        strokes5, lengths = self.model.sample(tf.shape(z)[0], temperature, seed, z=z, max_len=self.max_len)
+        return self._out(strokes5, lengths)
+
+
+def export_saved_model(model, hps: HParams, metadata: dict[str, Any], export_base_dir: str,
+                       version: int | None = None) -> str:
+    """Writes `export_base_dir/<version>/` (saved_model.pb, variables/, assets.extra/{hparams,metadata}.json).
+
+    `version` defaults to the current Unix time in seconds (TF Serving serves the highest).
+    Returns the version directory.
+    """
+    version = int(version if version is not None else time.time())
+    path = os.path.join(export_base_dir, str(version))
+    if tf.io.gfile.exists(path):
+        raise FileExistsError(f"{path} exists: choose another --version or export dir")
+    module = SketchModule(model, hps, metadata)
+    signatures = {"sample": module.sample, "complete": module.complete}
+    if hps.conditional:
+        signatures["encode"] = module.encode
+        signatures["decode"] = module.decode
+    tf.saved_model.save(module, path, signatures=signatures)
+    extra = os.path.join(path, "assets.extra")
+    tf.io.gfile.makedirs(extra)
+    with tf.io.gfile.GFile(os.path.join(extra, "hparams.json"), "w") as f:
+        f.write(hps.to_json())
+    with tf.io.gfile.GFile(os.path.join(extra, "metadata.json"), "w") as f:
+        f.write(json.dumps(metadata, indent=2, sort_keys=True))
+    return path

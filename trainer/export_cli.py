@@ -1,0 +1,34 @@
+"""`sketch-rnn export`: restore a trained --model-dir and write a versioned SavedModel."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sketch-rnn export", allow_abbrev=False,
+        description="Export a trained model as a SavedModel (EXPORT_DIR/<version>/saved_model.pb, "
+                    "the layout TF Serving loads) with sample/encode/decode/complete signatures.")
+    p.add_argument("--model-dir", required=True, help="the --model-dir of `sketch-rnn train`")
+    p.add_argument("--export-dir", required=True, help="base directory; a numbered version is created in it")
+    p.add_argument("--checkpoint", default="latest",
+                   help="'latest' (default), 'best' (lowest validation cost) or a checkpoint path")
+    p.add_argument("--version", type=int, default=None, help="version number (default: Unix time)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from trainer.export import export_saved_model
+    from trainer.train import load_trained_model
+    try:
+        model, hps, metadata = load_trained_model(
+            args.model_dir, None if args.checkpoint == "latest" else args.checkpoint)
+        path = export_saved_model(model, hps, metadata, args.export_dir, args.version)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"sketch-rnn export: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0

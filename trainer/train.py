@@ -1,0 +1,421 @@
+"""The training loop: strategy, distributed step, checkpoints/resume, validation, summaries, export.
+
+Entry point: `train_and_evaluate(data_dir, model_dir, hps, steps, ...)`; `sketch-rnn train` parses
+flags and calls it.
+
+Loss under a strategy (global batch G split into replicas of b = G / R sketches):
+  * reconstruction: per-example L_s + L_p `[b]` scaled by `tf.nn.compute_average_loss(...,
+    global_batch_size=G)`, so the sum over replicas is the mean over the global batch;
+  * KL: the reference floors the *batch* KL, max(mean KL, kl_tolerance). Each replica floors the
+    mean KL of its own b sketches and weights it by b / G; with one replica this is exactly the
+    reference; with R replicas it is the mean of R floored sub-batch KLs (>= the floored global
+    mean, equal whenever every sub-batch KL is above the tolerance, which is the regime after
+    the first few hundred steps);
+  * gradients are summed across replicas (all-reduce) BEFORE the per-value clipping to
+    [-grad_clip, grad_clip], so clipping acts on the global-batch gradient as in the reference.
+Metrics are summed across replicas (each replica reports its share of the global mean).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+
+from model.hparams import HParams
+from pipeline import schema
+from trainer import input as input_lib
+
+STRATEGIES = ("mirrored", "multiworker", "one_device")
+FLOAT16_LOSS_SCALE = 1024.0  # Static loss scale for mixed_float16 (gradients are unscaled before clipping).
+EVAL_KL_WEIGHT = 1.0  # As the reference's evaluate_model: validation cost = L_R + 1.0 * max(L_KL, tol).
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf; the message names the step and the last good checkpoint."""
+
+
+def select_strategy(name: str) -> tf.distribute.Strategy:
+    """`mirrored` (all local GPUs, else all logical CPUs), `multiworker` (TF_CONFIG), `one_device`."""
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy multiworker needs TF_CONFIG (cluster and task) in the environment; "
+                             "see the README's trainer section for an example")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def _write_dir(model_dir: str, strategy: tf.distribute.Strategy, name: str) -> str:
+    """Chief writes under model_dir; other workers write to a throwaway temp dir (all must save)."""
+    if is_chief(strategy):
+        return os.path.join(model_dir, name)
+    resolver = strategy.cluster_resolver
+    return os.path.join(model_dir, "workertemp", f"{resolver.task_type}_{resolver.task_id}", name)
+
+
+def _write_json_files(model_dir: str, hps: HParams, metadata: dict[str, Any]) -> None:
+    tf.io.gfile.makedirs(model_dir)
+    path = os.path.join(model_dir, "hparams.json")
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            saved = HParams.from_json(f.read())
+        if saved != hps:
+            diff = {k: (getattr(saved, k), getattr(hps, k)) for k in hps.field_names()
+                    if getattr(saved, k) != getattr(hps, k)}
+            raise ValueError(f"{model_dir} holds a run with other hyperparameters {diff} "
+                             "(saved, requested): use a new --model-dir or the same --preset/--set")
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(hps.to_json())
+    with tf.io.gfile.GFile(os.path.join(model_dir, schema.METADATA_FILE), "w") as f:
+        f.write(json.dumps(metadata, indent=2, sort_keys=True))
+
+
+def render_grid(sketches3: list[np.ndarray], cell: int = 96, columns: int = 3) -> np.ndarray:
+    """A small raster renderer for TensorBoard: stroke-3 sketches -> uint8 image `[H, W, 1]`."""
+    from model.strokes import to_polylines
+
+    rows = max(1, math.ceil(len(sketches3) / columns))
+    img = np.full((rows * cell, columns * cell), 255, np.uint8)
+    for i, s in enumerate(sketches3):
+        lines = [p for p in to_polylines(np.asarray(s, np.float32)) if len(p)]
+        if not lines:
+            continue
+        pts = np.concatenate(lines)
+        lo, span = pts.min(0), max(float((pts.max(0) - pts.min(0)).max()), 1e-6)
+        r0, c0 = (i // columns) * cell, (i % columns) * cell
+        for line in lines:
+            xy = (line - lo) / span * (cell - 9) + 4
+            for a, b in zip(xy[:-1], xy[1:]):
+                n = int(np.abs(b - a).max()) + 2
+                seg = np.linspace(a, b, n).round().astype(int)
+                img[r0 + seg[:, 1].clip(0, cell - 1), c0 + seg[:, 0].clip(0, cell - 1)] = 0
+    return img[..., None]
+
+
+def _summary_metadata(plugin: str):
+    from tensorflow.core.framework import summary_pb2
+
+    md = summary_pb2.SummaryMetadata()
+    md.plugin_data.plugin_name = plugin
+    return md
+
+
+def write_scalar(name: str, value: float, step: int) -> None:
+    """A TensorBoard scalar via the raw summary op (works without the tensorboard package)."""
+    tf.summary.write(name, tf.constant(value, tf.float32), step=step,
+                     metadata=_summary_metadata("scalars"))
+
+
+def write_image(name: str, image: np.ndarray, step: int) -> None:
+    """A TensorBoard image (uint8 `[H, W, C]`), encoded the way the images plugin reads it."""
+    png = tf.io.encode_png(image)
+    tensor = tf.stack([tf.as_string(image.shape[1]), tf.as_string(image.shape[0]), png])
+    tf.summary.write(name, tensor, step=step, metadata=_summary_metadata("images"))
+
+
+def _lr_schedule_class():
+    import keras
+    from model import schedules
+
+    class ReferenceLearningRate(keras.optimizers.schedules.LearningRateSchedule):
+        """lr_t = (lr - min_lr) * decay_rate^t + min_lr (model.schedules.learning_rate)."""
+
+        def __init__(self, hps_json: str):
+            self.hps_json = hps_json
+            self.hps = HParams.from_json(hps_json)
+
+        def __call__(self, step):
+            return tf.cast(schedules.learning_rate(tf.cast(step, tf.float32), self.hps), tf.float32)
+
+        def get_config(self):
+            return {"hps_json": self.hps_json}
+
+    return ReferenceLearningRate
+
+
+def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
+                       strategy: str | tf.distribute.Strategy = "mirrored", *,
+                       checkpoint_every: int = 500, keep_checkpoints: int = 5,
+                       eval_every: int = 1000, log_every: int = 100, num_samples: int = 9,
+                       seed: int = 0, export_dir: str | None = None, export: bool = True,
+                       test_at_end: bool = True,
+                       log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Trains until the global step reaches `steps` (resuming from `model_dir` if it holds a run).
+
+    Returns {"step", "train": last train metrics, "valid": best/last valid metrics, "test",
+    "export_path", "checkpoint"} (floats).
+    """
+    import keras
+    from model import losses, schedules
+    from model.sketch_rnn import SketchRNN
+
+    log = log or (lambda s: print(s, flush=True))
+    metadata = schema.read_metadata(data_dir)
+    max_len = int(metadata["max_seq_len"])
+    if isinstance(strategy, str):
+        strategy = select_strategy(strategy)
+    chief = is_chief(strategy)
+    if chief:
+        _write_json_files(model_dir, hps, metadata)
+    keras.mixed_precision.set_global_policy(hps.precision)
+    loss_scale = FLOAT16_LOSS_SCALE if hps.precision == "mixed_float16" else 1.0
+    global_batch = hps.batch_size
+    replicas = strategy.num_replicas_in_sync
+    if global_batch % replicas:
+        raise ValueError(f"batch_size={global_batch} must be divisible by the {replicas} replicas")
+
+    with strategy.scope():
+        model = SketchRNN(hps, max_len)
+        dummy = {"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2], tf.int32)}
+        model(dummy, training=False)  # Creates the (mirrored) variables before any tf.function.
+        optimizer = keras.optimizers.Adam(learning_rate=_lr_schedule_class()(hps.to_json()))
+        optimizer.build(model.trainable_variables)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        best_cost = tf.Variable(np.inf, dtype=tf.float32, trainable=False, name="best_valid_cost",
+                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    # Data-order RNG: drawn once per (re)start to seed the input pipeline; its state is
+    # checkpointed so a resumed run does not replay the augmentations of the first segment.
+    rng = tf.random.Generator.from_seed(seed)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, rng=rng,
+                               best_cost=best_cost)
+    manager = tf.train.CheckpointManager(ckpt, _write_dir(model_dir, strategy, "checkpoints"),
+                                         max_to_keep=keep_checkpoints, step_counter=step,
+                                         checkpoint_name="ckpt")
+    best_manager = tf.train.CheckpointManager(ckpt, _write_dir(model_dir, strategy, "best"),
+                                              max_to_keep=1, checkpoint_name="best")
+    if manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log(f"resumed from {manager.latest_checkpoint} at step {int(step.numpy())}")
+    start_step = int(step.numpy())
+    data_seed = int(rng.uniform_full_int([], tf.int32).numpy()) & 0x7FFFFFF
+
+    def train_input(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        return input_lib.make_dataset(data_dir, "train", hps, metadata,
+                                      ctx.get_per_replica_batch_size(global_batch), True,
+                                      seed=data_seed, input_context=ctx)
+
+    train_ds = strategy.distribute_datasets_from_function(train_input)
+    conditional = hps.conditional
+    variables = model.trainable_variables
+
+    def forward(batch: dict[str, tf.Tensor], kl_w: tf.Tensor):
+        """Per-replica scaled loss and grads; `[b, T, 5]` strokes, `[b]` lengths."""
+        with tf.GradientTape() as tape:
+            out = model(batch, training=True)
+            l_s, l_p = losses.per_example_reconstruction_loss(
+                batch["strokes"], tf.cast(out["outputs"], tf.float32), hps.num_mixture)
+            recon = tf.nn.compute_average_loss(l_s + l_p, global_batch_size=global_batch)
+            local = tf.cast(tf.shape(l_s)[0], tf.float32) / global_batch
+            if conditional:
+                kl = tf.reduce_mean(losses.per_example_kl_loss(
+                    tf.cast(out["mu"], tf.float32), tf.cast(out["sigma_hat"], tf.float32)))
+                kl_term = losses.floored_kl(kl, hps.kl_tolerance) * local
+            else:
+                kl = kl_term = tf.constant(0.0)
+            loss = recon + kl_w * kl_term
+        grads = tape.gradient(loss * loss_scale, variables)
+        metrics = {"cost": loss, "recon": recon, "l_s": tf.nn.compute_average_loss(
+            l_s, global_batch_size=global_batch), "l_p": tf.nn.compute_average_loss(
+            l_p, global_batch_size=global_batch), "kl": kl * local}
+        return grads, metrics
+
+    forward_fn = tf.function(forward, jit_compile=True) if hps.jit_compile else forward
+
+    def replica_step(batch):
+        kl_w = tf.cast(schedules.kl_weight(tf.cast(step, tf.float32), hps), tf.float32)
+        grads, metrics = forward_fn(batch, kl_w)
+        ctx = tf.distribute.get_replica_context()
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        n = tf.cast(ctx.num_replicas_in_sync, tf.float32)
+        # Clip the global gradient per value, then divide by the replica count because the
+        # optimizer sums the (identical) per-replica gradients again.
+        grads = [tf.clip_by_value(g / loss_scale, -hps.grad_clip, hps.grad_clip) / n for g in grads]
+        optimizer.apply_gradients(zip(grads, variables))
+        return metrics
+
+    @tf.function
+    def train_step(iterator):
+        metrics = strategy.run(replica_step, args=(next(iterator),))
+        step.assign_add(1)
+        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in metrics.items()}
+
+    def eval_replica(batch):
+        out = model(batch, training=False)
+        l_s, l_p = losses.per_example_reconstruction_loss(
+            batch["strokes"], tf.cast(out["outputs"], tf.float32), hps.num_mixture)
+        sums = {"recon": tf.reduce_sum(l_s + l_p), "l_s": tf.reduce_sum(l_s),
+                "l_p": tf.reduce_sum(l_p), "count": tf.cast(tf.shape(l_s)[0], tf.float32)}
+        if conditional:
+            sums["kl"] = tf.reduce_sum(losses.per_example_kl_loss(
+                tf.cast(out["mu"], tf.float32), tf.cast(out["sigma_hat"], tf.float32)))
+        return sums
+
+    # Evaluation runs outside the replicas on each worker's primary copy of the weights, over
+    # the whole split in order (no collectives: workers cannot deadlock on uneven shards, and
+    # partial last batches are fine; the chief's numbers are logged).
+    eval_step = tf.function(eval_replica, input_signature=[{
+        "strokes": tf.TensorSpec([None, None, 5], tf.float32),
+        "lengths": tf.TensorSpec([None], tf.int32)}])
+
+    def evaluate(split: str) -> dict[str, float]:
+        """Mean L_s, L_p, L_R, raw L_KL over the split; cost = L_R + 1.0 * max(L_KL, tol)."""
+        if int(metadata["counts"].get(split, 0)) == 0:
+            return {}
+        batches = input_lib.make_dataset(data_dir, split, hps, metadata, global_batch, False)
+        totals: dict[str, float] = {}
+        for batch in batches:
+            for k, v in eval_step(batch).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        n = max(totals.pop("count", 0.0), 1.0)
+        result = {k: v / n for k, v in totals.items()}
+        kl = result.get("kl", 0.0)
+        result["cost"] = result["recon"] + (EVAL_KL_WEIGHT * max(kl, hps.kl_tolerance) if conditional else 0.0)
+        return result
+
+    writers = {}
+    if chief:
+        writers = {k: tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", k))
+                   for k in ("train", "valid", "test")}
+
+    def summarize(kind: str, values: dict[str, float], at: int) -> None:
+        if not chief:
+            return
+        with writers[kind].as_default(step=at):
+            for k, v in values.items():
+                write_scalar(k, v, at)
+
+    def summarize_samples(at: int) -> None:
+        if not chief:
+            return
+        from model.strokes import stroke5_to_stroke3
+        strokes5, lengths = model.sample(num_samples, tf.constant(0.5), tf.constant(at % 2**31, tf.int32))
+        scale = float(metadata["scale_factor"])
+        sketches = [stroke5_to_stroke3(s, int(n)) * [scale, scale, 1]
+                    for s, n in zip(strokes5.numpy(), lengths.numpy())]
+        with writers["train"].as_default(step=at):
+            write_image("samples_t0.5", render_grid(sketches), at)
+
+    iterator = iter(train_ds)
+    last: dict[str, float] = {}
+    valid: dict[str, float] = {}
+    t0, s0 = time.time(), start_step
+    current = start_step
+
+    def save(reason: str) -> str | None:
+        path = manager.save(checkpoint_number=current)
+        return path
+
+    try:
+        while current < steps:
+            metrics = train_step(iterator)
+            current += 1
+            cost = float(metrics["cost"])
+            if not math.isfinite(cost):
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({cost}) at step {current}: stopping; the last good "
+                    f"checkpoint is {manager.latest_checkpoint} (not overwritten). Lower "
+                    "learning_rate or grad_clip, or check the data (--set NAME=VALUE).")
+            if current % log_every == 0 or current == steps:
+                last = {k: float(v) for k, v in metrics.items()}
+                last["lr"] = float(optimizer.learning_rate)
+                last["kl_weight"] = float(schedules.kl_weight(tf.constant(current - 1, tf.float32), hps))
+                elapsed = time.time() - t0
+                rate = (current - s0) * global_batch / max(elapsed, 1e-9)
+                eta = (steps - current) * global_batch / max(rate, 1e-9)
+                log(f"step {current}/{steps} cost {last['cost']:.4f} recon {last['recon']:.4f} "
+                    f"(Ls {last['l_s']:.4f} Lp {last['l_p']:.4f}) kl {last['kl']:.4f} "
+                    f"w_kl {last['kl_weight']:.4f} lr {last['lr']:.2e} {rate:.1f} sketches/s "
+                    f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+                summarize("train", {**last, "sketches_per_s": rate}, current)
+            if current % checkpoint_every == 0:
+                save("periodic")
+            if eval_every and current % eval_every == 0:
+                valid = evaluate("valid")
+                if valid:
+                    log(f"valid step {current}: cost {valid['cost']:.4f} recon {valid['recon']:.4f} "
+                        f"kl {valid.get('kl', 0.0):.4f} (eval KL weight {EVAL_KL_WEIGHT})")
+                    summarize("valid", valid, current)
+                    if valid["cost"] < float(best_cost.numpy()):
+                        best_cost.assign(valid["cost"])
+                        best_manager.save(checkpoint_number=current)
+                summarize_samples(current)
+    except NonFiniteLossError:
+        raise
+    except KeyboardInterrupt:
+        save("interrupt")
+        log(f"interrupted at step {current}; checkpoint saved, rerun the same command to resume")
+        raise
+    if manager.latest_checkpoint is None or int(step.numpy()) != _ckpt_step(manager.latest_checkpoint):
+        save("exit")
+    result: dict[str, Any] = {"step": current, "train": last, "valid": valid,
+                              "checkpoint": manager.latest_checkpoint}
+    if test_at_end and current > start_step:
+        result["test"] = evaluate("test")
+        if result["test"]:
+            log(f"test: cost {result['test']['cost']:.4f} recon {result['test']['recon']:.4f} "
+                f"kl {result['test'].get('kl', 0.0):.4f}")
+            summarize("test", result["test"], current)
+    for w in writers.values():
+        w.flush()
+    if export and chief:
+        from trainer.export import export_saved_model
+        result["export_path"] = export_saved_model(model, hps, metadata,
+                                                   export_dir or os.path.join(model_dir, "export"))
+        log(f"exported SavedModel to {result['export_path']}")
+    return result
+
+
+def _ckpt_step(path: str) -> int:
+    try:
+        return int(path.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def load_trained_model(model_dir: str, checkpoint: str | None = None):
+    """Rebuilds the model from model_dir's hparams.json/metadata.json and restores weights.
+
+    Returns (model, hps, metadata). `checkpoint`: a path, "best", or None for the latest.
+    """
+    from model.sketch_rnn import SketchRNN
+
+    hp_path = os.path.join(model_dir, "hparams.json")
+    if not tf.io.gfile.exists(hp_path):
+        raise FileNotFoundError(f"{hp_path} not found: is {model_dir!r} a `sketch-rnn train` --model-dir?")
+    with tf.io.gfile.GFile(hp_path) as f:
+        hps = HParams.from_json(f.read())
+    with tf.io.gfile.GFile(os.path.join(model_dir, schema.METADATA_FILE)) as f:
+        metadata = json.loads(f.read())
+    model = SketchRNN(hps, int(metadata["max_seq_len"]))
+    model({"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2], tf.int32)}, training=False)
+    if checkpoint in (None, "best"):
+        sub = "best" if checkpoint == "best" else "checkpoints"
+        checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir, sub))
+        if checkpoint is None:
+            raise FileNotFoundError(f"no checkpoint in {os.path.join(model_dir, sub)}")
+    tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+    return model, hps, metadata
