@@ -1,0 +1,136 @@
+"""Training end to end on CPU: MirroredStrategy over 2 logical devices, loss decreases,
+checkpoint, resume at the saved step, export, load in a fresh TensorFlow-only process."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("model.sketch_rnn", reason="model/sketch_rnn.py not there yet")
+
+from test_input import sample_sketches, write_dataset  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+TRAIN_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from model.hparams import HParams
+    from trainer.train import train_and_evaluate
+    data, model_dir, steps, export = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+    hps = HParams.preset("tiny").replace(batch_size=16, augment_stroke_prob=0.0, random_scale_factor=0.0)
+    logs = []
+    r = train_and_evaluate(data, model_dir, hps, steps, "mirrored", checkpoint_every=10, eval_every=20,
+                           log_every=1, export=export, num_samples=4, log=logs.append)
+    print("RESULT " + json.dumps({"step": r["step"], "replicas": 2, "logs": logs,
+                                  "export_path": r.get("export_path"), "valid": r["valid"]}))
+''')
+
+LOAD_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    m = tf.saved_model.load(sys.argv[1])
+    out = {"signatures": sorted(m.signatures.keys())}
+    s = m.signatures["sample"](num=tf.constant(3), temperature=tf.constant(0.5), seed=tf.constant(7))
+    s2 = m.signatures["sample"](num=tf.constant(3), temperature=tf.constant(0.5), seed=tf.constant(7))
+    out["sample"] = [s["strokes"].numpy().tolist(), s["lengths"].numpy().tolist()]
+    out["sample_repeat_equal"] = bool(np.array_equal(s["strokes"].numpy(), s2["strokes"].numpy()))
+    strokes = np.array(json.loads(sys.argv[2]), np.float32)[None]
+    n = tf.constant([strokes.shape[1]], tf.int32)
+    e = m.signatures["encode"](strokes=tf.constant(strokes), lengths=n)
+    out["mu"], out["sigma"] = e["mu"].numpy().tolist(), e["sigma"].numpy().tolist()
+    d = m.signatures["decode"](z=e["mu"], temperature=tf.constant(0.1), seed=tf.constant(1))
+    out["decode"] = [d["strokes"].numpy().tolist(), d["lengths"].numpy().tolist()]
+    c = m.signatures["complete"](strokes=tf.constant(strokes[:, :5]), lengths=tf.constant([5]),
+                                 num=tf.constant(2), temperature=tf.constant(0.5), seed=tf.constant(3))
+    out["complete"] = [c["strokes"].numpy().tolist(), c["lengths"].numpy().tolist()]
+    out["project_modules"] = sorted(k for k in sys.modules if k.split(".")[0] in ("model", "trainer", "pipeline"))
+    print("RESULT " + json.dumps(out))
+''')
+
+
+def run_script(tmp_path, script, *args, timeout=300, project=True):
+    path = tmp_path / f"script_{abs(hash(script))}.py"
+    path.write_text(script)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    if project:
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    else:  # A fresh process that can import only TensorFlow (run outside the checkout).
+        env.pop("PYTHONPATH", None)
+    proc = subprocess.run([sys.executable, str(path), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def assert_valid_sketches(strokes, lengths, n_max):
+    strokes, lengths = np.asarray(strokes), np.asarray(lengths)
+    assert strokes.shape[1:] == (n_max, 3)
+    assert np.all(np.isfinite(strokes))
+    for s, n in zip(strokes, lengths):
+        assert 1 <= n <= n_max
+        assert set(np.unique(s[:n, 2])) <= {0.0, 1.0} and s[n - 1, 2] == 1.0
+        assert np.all(s[n:] == 0)
+
+
+def _losses(logs):
+    return [float(x.split(" cost ")[1].split()[0]) for x in logs if x.startswith("step ")]
+
+
+def test_train_mirrored_resume_export(tmp_path, sample_dir):
+    sketches = sample_sketches(sample_dir, limit=160)
+    data = tmp_path / "data"
+    metadata = write_dataset(data, sketches)
+    model_dir = tmp_path / "run"
+    first = run_script(tmp_path, TRAIN_SCRIPT, data, model_dir, 40, 0)
+    assert first["step"] == 40
+    losses = _losses(first["logs"])
+    assert len(losses) == 40
+    assert np.mean(losses[-8:]) < np.mean(losses[:8])  # Learns on real sketches.
+    ckpts = sorted(os.listdir(model_dir / "checkpoints"))
+    assert any(c.startswith("ckpt-40.") for c in ckpts) and any(c.startswith("ckpt-30.") for c in ckpts)
+    assert os.listdir(model_dir / "best")
+    assert json.loads((model_dir / "hparams.json").read_text())["batch_size"] == 16
+    assert json.loads((model_dir / "metadata.json").read_text()) == metadata
+    assert any(f for _, _, fs in os.walk(model_dir / "tensorboard") for f in fs)
+
+    second = run_script(tmp_path, TRAIN_SCRIPT, data, model_dir, 50, 1)
+    assert second["logs"][0].startswith(f"resumed from {model_dir / 'checkpoints' / 'ckpt-40'}")
+    steps = [int(x.split()[1].split("/")[0]) for x in second["logs"] if x.startswith("step ")]
+    assert steps == list(range(41, 51))  # Continues at the saved step.
+    export = pathlib.Path(second["export_path"])
+    assert (export / "saved_model.pb").exists()
+    assert json.loads((export / "assets.extra" / "metadata.json").read_text()) == metadata
+
+    probe = sketches[0]
+    out = run_script(tmp_path, LOAD_SCRIPT, export, json.dumps(probe.tolist()), project=False)
+    assert out["project_modules"] == []
+    n_max = metadata["max_seq_len"]
+    assert out["signatures"] == ["complete", "decode", "encode", "sample"]
+    assert out["sample_repeat_equal"]
+    assert_valid_sketches(*out["sample"], n_max)
+    assert_valid_sketches(*out["decode"], n_max)
+    assert_valid_sketches(*out["complete"], n_max)
+    mu, sigma = np.array(out["mu"]), np.array(out["sigma"])
+    assert mu.shape == (1, 8) and np.all(sigma > 0)
+    # The completion starts with the given prefix, in pixel units.
+    comp = np.array(out["complete"][0])
+    np.testing.assert_allclose(comp[:, :4, :2], np.broadcast_to(probe[:4, :2], (2, 4, 2)), rtol=1e-4, atol=1e-3)
+    assert np.all(np.array(out["complete"][1]) >= 5)
+
+
+def test_cli_rejects_bad_set(tmp_path):
+    from trainer import cli
+    assert cli.main(["--data", str(tmp_path), "--model-dir", str(tmp_path / "m"), "--set", "nope=1"]) == 2
+    assert cli.main(["--data", str(tmp_path), "--model-dir", str(tmp_path / "m"), "--steps", "1"]) == 1
