@@ -134,3 +134,49 @@ def test_cli_rejects_bad_set(tmp_path):
     from trainer import cli
     assert cli.main(["--data", str(tmp_path), "--model-dir", str(tmp_path / "m"), "--set", "nope=1"]) == 2
     assert cli.main(["--data", str(tmp_path), "--model-dir", str(tmp_path / "m"), "--steps", "1"]) == 1
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, sample_dir):
+    from model.hparams import HParams
+    from trainer.train import NonFiniteLossError, train_and_evaluate
+
+    sketches = sample_sketches(sample_dir, limit=60)
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    write_dataset(good, sketches, shards=1)
+    poisoned = [s.copy() for s in sketches]
+    for s in poisoned:
+        s[1, 0] = np.nan
+    write_dataset(bad, poisoned, max_len=max(len(s) for s in sketches), shards=1)
+    # Same max_seq_len; the scale factor of the poisoned set is NaN, so copy the good metadata.
+    (bad / "metadata.json").write_text((good / "metadata.json").read_text())
+    hps = HParams.preset("tiny").replace(batch_size=4)
+    kw = dict(checkpoint_every=2, eval_every=0, log_every=1, export=False, test_at_end=False, log=lambda s: None)
+    train_and_evaluate(str(good), str(tmp_path / "run"), hps, 4, "one_device", **kw)
+    with pytest.raises(NonFiniteLossError, match=r"at step 5: .*ckpt-4"):
+        train_and_evaluate(str(bad), str(tmp_path / "run"), hps, 8, "one_device", **kw)
+    import tensorflow as tf
+    assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")).endswith("ckpt-4")
+
+
+def test_hparams_mismatch_is_refused(tmp_path, sample_dir):
+    from model.hparams import HParams
+    from trainer.train import train_and_evaluate
+
+    write_dataset(tmp_path / "d", sample_sketches(sample_dir, limit=40), shards=1)
+    hps = HParams.preset("tiny").replace(batch_size=4)
+    kw = dict(eval_every=0, export=False, test_at_end=False, log=lambda s: None)
+    train_and_evaluate(str(tmp_path / "d"), str(tmp_path / "run"), hps, 1, "one_device", **kw)
+    with pytest.raises(ValueError, match="learning_rate"):
+        train_and_evaluate(str(tmp_path / "d"), str(tmp_path / "run"), hps.replace(learning_rate=0.1), 2,
+                           "one_device", **kw)
+
+
+def test_render_grid_draws_lines():
+    from trainer.train import render_grid
+
+    square = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [-10, 0, 0], [0, -10, 1]], np.float32)
+    img = render_grid([square, square * [2, 1, 1]], cell=32, columns=2)
+    assert img.shape == (32, 64, 1) and img.dtype == np.uint8
+    left = img[:, :32, 0]
+    assert (left == 0).sum() > 60  # Four 24-pixel edges.
+    assert left[16, 16] == 255  # The inside of the square stays blank.
