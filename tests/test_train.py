@@ -180,3 +180,22 @@ def test_render_grid_draws_lines():
     left = img[:, :32, 0]
     assert (left == 0).sum() > 60  # Four 24-pixel edges.
     assert left[16, 16] == 255  # The inside of the square stays blank.
+
+
+def test_train_and_export_clis(tmp_path, sample_dir, capsys):
+    from trainer import cli, export_cli
+
+    write_dataset(tmp_path / "d", sample_sketches(sample_dir, limit=40), shards=1)
+    run = tmp_path / "run"
+    assert cli.main(["--data", str(tmp_path / "d"), "--model-dir", str(run), "--preset", "tiny",
+                     "--set", "batch_size=4", "--steps", "3", "--strategy", "one_device",
+                     "--log-every", "1", "--eval-every", "2", "--no-export"]) == 0
+    out = capsys.readouterr().out
+    assert "step 3/3 cost" in out and "sketches/s ETA" in out and "valid step 2" in out
+    assert not (run / "export").exists()
+    assert export_cli.main(["--model-dir", str(run), "--export-dir", str(tmp_path / "exp"),
+                            "--version", "7", "--checkpoint", "best"]) == 0
+    assert (tmp_path / "exp" / "7" / "saved_model.pb").exists()
+    assert (tmp_path / "exp" / "7" / "assets.extra" / "hparams.json").exists()
+    assert export_cli.main(["--model-dir", str(tmp_path / "nothing"), "--export-dir", str(tmp_path / "e")]) == 1
+    assert "hparams.json not found" in capsys.readouterr().err
