@@ -49,7 +49,7 @@ print("RESULT " + json.dumps({"sketches_per_s": (s1 - s0) * hps.batch_size / (t1
 
 def load_strokes3() -> tuple[list[np.ndarray], str]:
     shared = REPO.parent / "shared" / "data"
-    for path in (shared / "sketchrnn_npz" / "aaron_sheep.npz", shared / "quickdraw_npz" / "pig.npz"):
+    for path in (shared / "quickdraw_npz" / "pig.npz", shared / "sketchrnn_npz" / "aaron_sheep.npz"):
         if path.exists():
             d = np.load(path, encoding="latin1", allow_pickle=True)
             return [np.asarray(s, np.float32) for s in d["train"] if 2 <= len(s) <= N_MAX], path.name
