@@ -44,7 +44,13 @@ def main(argv: list[str]) -> int:
         if getattr(args, name) < 1:
             print(f"sketch-rnn train: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
+    import signal
+
     from trainer.train import train_and_evaluate
+
+    def _on_sigterm(signum, frame):  # Preemption / `kill`: save a checkpoint like Ctrl-C does.
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         train_and_evaluate(args.data, args.model_dir, hps, args.steps, args.strategy,
                            checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
@@ -53,4 +59,6 @@ def main(argv: list[str]) -> int:
     except (FileNotFoundError, ValueError, NonFiniteLossError) as e:
         print(f"sketch-rnn train: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     return 0

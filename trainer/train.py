@@ -206,9 +206,11 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
                                          checkpoint_name="ckpt")
     best_manager = tf.train.CheckpointManager(ckpt, _write_dir(model_dir, strategy, "best"),
                                               max_to_keep=1, checkpoint_name="best")
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log(f"resumed from {manager.latest_checkpoint} at step {int(step.numpy())}")
+    # Every worker restores from the chief's directory (the others' temp copies may be gone).
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if latest:
+        ckpt.restore(latest).assert_existing_objects_matched()
+        log(f"resumed from {latest} at step {int(step.numpy())}")
     start_step = int(step.numpy())
     data_seed = int(rng.uniform_full_int([], tf.int32).numpy()) & 0x7FFFFFF
 
