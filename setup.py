@@ -23,9 +23,12 @@ setup(
         "keras>=3.10,<4",
         "apache-beam[gcp]==2.77.0",
         "numpy>=1.26,<3",
+        # `sketch-rnn serve`: a WSGI app on a pure-Python, dependency-free server.
+        "flask>=3.0,<4",
+        "waitress>=3.0,<4",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "selenium>=4.20,<5"],
     },
     entry_points={"console_scripts": ["sketch-rnn=deploy.cli:main"]},
 )

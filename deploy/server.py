@@ -1,0 +1,417 @@
+"""`sketch-rnn serve`: TF Serving's REST predict API for an exported SavedModel, plus a demo page.
+
+    sketch-rnn serve --model EXPORT_DIR [--port 8501] [--host 127.0.0.1] [--model-name sketch_rnn]
+
+Endpoints (as TensorFlow Serving's REST API; NAME = --model-name, V = the loaded version):
+
+    POST /v1/models/NAME:predict                 (also /v1/models/NAME/versions/V:predict)
+    GET  /v1/models/NAME                         model_version_status, state AVAILABLE
+    GET  /v1/models/NAME/metadata                signature_def summary (+ sketch_rnn limits)
+    GET  /                                       the browser demo (deploy/static/, + /config.json)
+
+A predict body names a signature (`sample`, `encode`, `decode`, `complete`) and gives its inputs
+in one of TF Serving's two formats:
+
+* columnar: `{"signature_name": S, "inputs": {name: value, ...}}` -> `{"outputs": {name: value}}`;
+  values keep their batch dimension, scalars (`num`, `temperature`, `seed`) are plain numbers.
+* row: `{"signature_name": S, "instances": [{name: value, ...}, ...]}` -> `{"predictions": [...]}`;
+  inputs with a batch dimension (`strokes`, `lengths`, `z`) are stacked from the instances (each
+  without the batch dimension), and the scalar inputs must hold the same value in every instance
+  (one instance is the usual case: `sample` and `complete` take exactly one). The outputs are
+  split along their first dimension: one prediction per sketch (so `sample` with num = 4 gives four
+  predictions from one instance).
+
+Errors: `{"error": "..."}` with HTTP 400 for a bad request (unknown signature or input, wrong shape
+or type, NaN, over the limits, bad JSON, body too large), 404 for an unknown model, version or path,
+405 for a wrong method, 500 if TensorFlow fails. Strokes in the outputs are rounded to 1/1000 pixel.
+Requests run concurrently (waitress worker threads; TF functions are thread safe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import threading
+from typing import Any
+
+import numpy as np
+
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+MAX_TEMPERATURE = 10.0
+MAX_ABS_VALUE = 1e5  # pixels offsets or latent values beyond this are corrupt input
+BATCHED = {"strokes", "lengths", "z"}  # inputs with a leading batch dimension
+_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<rest>:[A-Za-z]+|/metadata)?$")
+_DTYPE_NAMES = {"float32": "DT_FLOAT", "int32": "DT_INT32", "int64": "DT_INT64", "float64": "DT_DOUBLE",
+                "string": "DT_STRING"}
+
+
+class BadRequest(Exception):
+    """A request the server refuses with HTTP 400 and the message as `{"error": ...}`."""
+
+
+class NotFound(Exception):
+    """HTTP 404 with the message as `{"error": ...}`."""
+
+
+def _shape_text(dims) -> str:
+    return "[" + ", ".join("N" if d is None else str(d) for d in dims) + "]"
+
+
+class Service:
+    """The model behind the REST API: request validation, the signature call, JSON conversion."""
+
+    def __init__(self, export, model_name: str = "sketch_rnn", max_num: int = 64):
+        self.export = export
+        self.model_name = model_name
+        self.max_num = int(max_num)
+        self.version = str(export.version if export.version is not None else 1)
+        self.specs = {name: fn.structured_input_signature[1] for name, fn in export.signatures.items()}
+
+    # --- status and metadata ---
+
+    def check_model(self, name: str, version: str | None) -> None:
+        if name != self.model_name:
+            raise NotFound(f"Servable not found for request: model {name!r} (this server serves "
+                           f"{self.model_name!r})")
+        if version is not None and version != self.version:
+            raise NotFound(f"Servable not found for request: model {name!r} version {version!r} "
+                           f"(loaded version: {self.version})")
+
+    def status(self) -> dict[str, Any]:
+        return {"model_version_status": [{"version": self.version, "state": "AVAILABLE",
+                                          "status": {"error_code": "OK", "error_message": ""}}]}
+
+    def limits(self) -> dict[str, Any]:
+        return {"max_seq_len": self.export.max_seq_len, "z_size": self.export.z_size,
+                "max_num": self.max_num, "max_temperature": MAX_TEMPERATURE,
+                "scale_factor": self.export.metadata.get("scale_factor"),
+                "classes": self.export.metadata.get("classes")}
+
+    def metadata(self) -> dict[str, Any]:
+        def tensor_info(spec_name, spec):
+            dims = [] if spec.shape.rank is None else [
+                {"size": str(-1 if d is None else d), "name": ""} for d in spec.shape.as_list()]
+            return {"dtype": _DTYPE_NAMES.get(spec.dtype.name, spec.dtype.name),
+                    "tensor_shape": {"dim": dims, "unknown_rank": spec.shape.rank is None},
+                    "name": spec_name}
+
+        defs = {}
+        for name, fn in sorted(self.export.signatures.items()):
+            outputs = fn.structured_outputs
+            defs[name] = {
+                "inputs": {k: tensor_info(f"{name}_{k}:0", s) for k, s in sorted(self.specs[name].items())},
+                "outputs": {k: tensor_info(f"StatefulPartitionedCall:{i}", v)
+                            for i, (k, v) in enumerate(sorted(outputs.items()))},
+                "method_name": "tensorflow/serving/predict",
+            }
+        return {"model_spec": {"name": self.model_name, "signature_name": "", "version": self.version},
+                "metadata": {"signature_def": {"signature_def": defs}, "sketch_rnn": self.limits()}}
+
+    # --- predict ---
+
+    def predict(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise BadRequest(f"the request body must be a JSON object, got a JSON {type(body).__name__}")
+        unknown = sorted(set(body) - {"signature_name", "instances", "inputs"})
+        if unknown:
+            raise BadRequest(f"unknown request key(s) {unknown}; expected signature_name and instances or inputs")
+        name = body.get("signature_name", "serving_default")
+        if not isinstance(name, str) or name not in self.specs:
+            raise BadRequest(f"Serving signature name: {name!r} not found in signature def; this model "
+                             f"has {sorted(self.specs)}")
+        if ("instances" in body) == ("inputs" in body):
+            raise BadRequest("the request must have exactly one of 'instances' (row format) or "
+                             "'inputs' (columnar format)")
+        row = "instances" in body
+        columns = self._rows_to_columns(name, body["instances"]) if row else body["inputs"]
+        if not isinstance(columns, dict):
+            raise BadRequest("'inputs' must be an object of named inputs "
+                             f"({', '.join(sorted(self.specs[name]))}) for signature {name!r}")
+        inputs = self._validate(name, columns)
+        out = self.export.call(name, **inputs)
+        out = {k: self._json_value(k, v) for k, v in out.items()}
+        if not row:
+            return {"outputs": out}
+        batch = len(next(iter(out.values())))
+        return {"predictions": [{k: v[i] for k, v in out.items()} for i in range(batch)]}
+
+    def _rows_to_columns(self, name: str, instances: Any) -> dict[str, Any]:
+        if not isinstance(instances, list) or not instances:
+            raise BadRequest("'instances' must be a non-empty list of objects (one per batch element)")
+        if len(instances) > self.max_num:
+            raise BadRequest(f"{len(instances)} instances, more than the limit of {self.max_num}")
+        if not all(isinstance(x, dict) for x in instances):
+            raise BadRequest(f"each instance must be an object of named inputs "
+                             f"({', '.join(sorted(self.specs[name]))}) for signature {name!r}")
+        names = set(instances[0])
+        for i, x in enumerate(instances):
+            if set(x) != names:
+                raise BadRequest(f"instance {i} has inputs {sorted(x)}, instance 0 has {sorted(names)}: "
+                                 "every instance must name the same inputs")
+        columns = {}
+        for key in names:
+            values = [x[key] for x in instances]
+            if key in BATCHED:
+                columns[key] = values
+            else:
+                if any(v != values[0] for v in values[1:]):
+                    raise BadRequest(f"scalar input {key!r} must have the same value in every instance "
+                                     f"(got {values[:4]}...)")
+                columns[key] = values[0]
+        return columns
+
+    def _validate(self, name: str, columns: dict[str, Any]) -> dict[str, np.ndarray]:
+        specs = self.specs[name]
+        unknown = sorted(set(columns) - set(specs))
+        missing = sorted(set(specs) - set(columns))
+        if unknown:
+            raise BadRequest(f"unknown input(s) {unknown} for signature {name!r}; it takes {sorted(specs)}")
+        if missing:
+            raise BadRequest(f"missing input(s) {missing} for signature {name!r}; it takes {sorted(specs)}")
+        values = {k: self._to_array(name, k, columns[k], specs[k]) for k in specs}
+        if "num" in values and not 1 <= int(values["num"]) <= self.max_num:
+            raise BadRequest(f"num must be in 1..{self.max_num} (--max-num), got {int(values['num'])}")
+        if "temperature" in values and not 0.0 <= float(values["temperature"]) <= MAX_TEMPERATURE:
+            raise BadRequest(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {float(values['temperature'])}")
+        if "strokes" in values:
+            strokes, lengths = values["strokes"], values["lengths"]
+            batch, n = strokes.shape[0], strokes.shape[1]
+            if not 1 <= batch <= self.max_num:
+                raise BadRequest(f"strokes: batch of {batch} sketches, expected 1..{self.max_num}")
+            if lengths.shape[0] != batch:
+                raise BadRequest(f"lengths has {lengths.shape[0]} entries for {batch} sketches")
+            if n > self.export.max_seq_len:
+                raise BadRequest(f"strokes: {n} rows, more than the model's N_max = {self.export.max_seq_len}")
+            if n and np.abs(strokes[..., :2]).max() > MAX_ABS_VALUE:
+                raise BadRequest(f"strokes: offsets beyond +-{MAX_ABS_VALUE:g} pixels")
+            if not np.isin(strokes[..., 2], (0.0, 1.0)).all():
+                raise BadRequest("strokes: pen_lifted (the third value of each row) must be 0 or 1")
+            if ((lengths < 1) | (lengths > n)).any():
+                raise BadRequest(f"lengths must be in 1..{n} (the rows given), got {lengths.tolist()}")
+        if "z" in values:
+            z = values["z"]
+            if not 1 <= z.shape[0] <= self.max_num:
+                raise BadRequest(f"z: batch of {z.shape[0]} vectors, expected 1..{self.max_num}")
+            if self.export.z_size and z.shape[1] != self.export.z_size:
+                raise BadRequest(f"z must have shape [B, {self.export.z_size}], got {list(z.shape)}")
+            if np.abs(z).max() > MAX_ABS_VALUE:
+                raise BadRequest(f"z: values beyond +-{MAX_ABS_VALUE:g}")
+        return values
+
+    @staticmethod
+    def _to_array(sig: str, key: str, value: Any, spec) -> np.ndarray:
+        where = f"input {key!r} of signature {sig!r}"
+        if _has_bool_or_null(value):
+            raise BadRequest(f"{where}: expected numbers, got booleans, null, strings or objects")
+        try:
+            arr = np.asarray(value)
+        except (ValueError, OverflowError):
+            raise BadRequest(f"{where}: ragged nested lists (every row must have the same length)") from None
+        if arr.dtype.kind not in "iuf":
+            raise BadRequest(f"{where}: expected numbers (nested lists of numbers), got {_json_kind(value)}")
+        want = spec.shape.as_list()
+        if arr.ndim != len(want) or any(w is not None and w != g for w, g in zip(want, arr.shape)):
+            raise BadRequest(f"{where}: expected shape {_shape_text(want)}, got {list(arr.shape)}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise BadRequest(f"{where}: NaN or Infinity")
+        if spec.dtype.is_integer:
+            if arr.dtype.kind == "f":
+                raise BadRequest(f"{where}: expected integers, got {arr.ravel()[:3].tolist()}")
+            if arr.size and (arr.min() < -2**31 or arr.max() >= 2**31):
+                raise BadRequest(f"{where}: out of the int32 range")
+            return arr.astype(np.int32)
+        return arr.astype(np.float32)
+
+    @staticmethod
+    def _json_value(key: str, value: np.ndarray):
+        if key == "strokes":
+            return np.round(value.astype(np.float64), 3).tolist()
+        return value.tolist()
+
+
+def _has_bool_or_null(value) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        elif v is None or isinstance(v, (bool, str, dict)):
+            return True
+    return False
+
+
+def _json_kind(value) -> str:
+    return type(value).__name__.replace("NoneType", "null")
+
+
+# --- the web app ----------------------------------------------------------------------------
+
+
+def create_app(service: Service, max_body_bytes: int = 4 << 20):
+    """The Flask app: REST API routes, the static demo page, JSON errors for every failure."""
+    from flask import Flask, jsonify, request, send_from_directory
+    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+    app = Flask(__name__, static_folder=STATIC_DIR, static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = int(max_body_bytes)
+    app.json.sort_keys = False
+
+    def error(message: str, code: int):
+        return jsonify({"error": message}), code
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(_):
+        return error(f"request body larger than the limit of {max_body_bytes} bytes (--max-body-bytes)", 400)
+
+    @app.errorhandler(HTTPException)
+    def http_error(e):
+        return error(f"{e.name}: {e.description}", e.code or 500)
+
+    @app.errorhandler(Exception)
+    def internal(e):  # Never crash on input: whatever escaped becomes a JSON 500.
+        app.logger.exception("predict failed")
+        return error(f"internal error: {type(e).__name__}: {e}", 500)
+
+    @app.get("/")
+    def index():
+        return send_from_directory(STATIC_DIR, "index.html")
+
+    @app.get("/config.json")
+    def config():  # What the demo page needs to build its requests (not part of TF Serving's API).
+        return jsonify({"model_name": service.model_name, "version": service.version,
+                        "signatures": sorted(service.specs), **service.limits()})
+
+    @app.route("/v1/models/<path:rest>", methods=["GET", "POST"])
+    def models(rest):
+        m = _PATH.match(rest)
+        if not m:
+            return error(f"Malformed request: {request.method} /v1/models/{rest}", 404)
+        name, version, verb = m.group("name"), m.group("version"), m.group("rest")
+        try:
+            service.check_model(name, version)
+            if verb in (None, "/metadata"):
+                if request.method != "GET":
+                    return error(f"use GET for /v1/models/{rest}", 405)
+                return jsonify(service.status() if verb is None else service.metadata())
+            if verb != ":predict":
+                return error(f"unsupported verb {verb[1:]!r}: this server implements predict only", 404)
+            if request.method != "POST":
+                return error("use POST for :predict", 405)
+            raw = request.get_data(cache=False)
+            try:
+                body = json.loads(raw)
+            except (ValueError, RecursionError) as e:
+                raise BadRequest(f"the request body is not valid JSON: {e}"[:300]) from None
+            return jsonify(service.predict(body))
+        except BadRequest as e:
+            return error(str(e), 400)
+        except NotFound as e:
+            return error(str(e), 404)
+
+    return app
+
+
+class Server:
+    """A waitress server running `app` on (host, port) in a background thread (port 0: any free)."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, threads: int = 8, max_body_bytes: int = 4 << 20):
+        from waitress.server import create_server
+
+        # waitress refuses larger bodies itself (plain-text 413); keep its limit above Flask's so
+        # the JSON 400 of the app is what clients see.
+        self._server = create_server(app, host=host, port=port, threads=threads,
+                                     max_request_body_size=2 * max_body_bytes + 65536,
+                                     connection_limit=256, ident="sketch-rnn")
+        self.host, self.port = host, int(self._server.effective_port)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def serve_forever(self) -> None:
+        self._server.run()
+
+    def start(self) -> "Server":
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sketch-rnn serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    p.add_argument("--model", required=True, metavar="EXPORT_DIR",
+                   help="export base dir (highest version served) or one version dir")
+    p.add_argument("--port", type=int, default=8501, help="TCP port (default 8501, TF Serving's REST port; 0: any free)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--model-name", default="sketch_rnn", help="NAME in /v1/models/NAME (default sketch_rnn)")
+    p.add_argument("--max-num", type=int, default=64, help="most sketches per request (default 64)")
+    p.add_argument("--max-body-bytes", type=int, default=4 << 20, help="largest request body (default 4 MiB)")
+    p.add_argument("--threads", type=int, default=8, help="worker threads serving requests (default 8)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from deploy.sample import UsageError, load_export
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as e:
+        return int(e.code or 0)
+    problems = []
+    if not 0 <= args.port <= 65535:
+        problems.append(f"--port must be in 0..65535, got {args.port}")
+    if args.max_num < 1:
+        problems.append(f"--max-num must be >= 1, got {args.max_num}")
+    if args.max_body_bytes < 1024:
+        problems.append(f"--max-body-bytes must be >= 1024, got {args.max_body_bytes}")
+    if args.threads < 1:
+        problems.append(f"--threads must be >= 1, got {args.threads}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.model_name):
+        problems.append(f"--model-name may hold letters, digits, _ . - only, got {args.model_name!r}")
+    if problems:
+        parser.print_usage(sys.stderr)
+        for message in problems:
+            print(f"sketch-rnn serve: error: {message}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        export = load_export(args.model)
+    except UsageError as e:
+        print(f"sketch-rnn serve: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        print(f"sketch-rnn serve: error: cannot load the model from {args.model}: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return 1
+    service = Service(export, args.model_name, args.max_num)
+    app = create_app(service, args.max_body_bytes)
+    try:
+        server = Server(app, args.host, args.port, args.threads, args.max_body_bytes)
+    except OSError as e:
+        print(f"sketch-rnn serve: error: cannot listen on {args.host}:{args.port}: {e.strerror or e}",
+              file=sys.stderr)
+        return 1
+    print(f"serving {export.path} (version {service.version}, signatures {', '.join(sorted(service.specs))}) "
+          f"as model {args.model_name!r} at {server.url}/  "
+          f"(REST: {server.url}/v1/models/{args.model_name}:predict)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
