@@ -15,7 +15,10 @@ MAX_SEQ_LEN = 64
 SCALE_FACTOR = 10.0
 
 
-def build_tiny_export(root: str, conditional: bool = True) -> str:
+def build_tiny_export(root: str, conditional: bool = True, full_length: bool = False) -> str:
+    """`full_length`: the end-of-sketch logit is pinned to -30, so every sketch runs to N_max (the
+    untrained model otherwise stops after a couple of points; benchmarks want the full loop)."""
+    import numpy as np
     import tensorflow as tf
 
     from model.hparams import HParams
@@ -28,6 +31,10 @@ def build_tiny_export(root: str, conditional: bool = True) -> str:
         hps = hps.replace(conditional=False)
     model = SketchRNN(hps, max_seq_len=MAX_SEQ_LEN)
     model({"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2])}, training=False)
+    if full_length:
+        kernel, bias = model.head.get_weights()
+        kernel[:, 2], bias[2] = 0.0, -30.0  # outputs [..., :3] are the pen logits (p1, p2, p3 = end)
+        model.head.set_weights([kernel, bias.astype(np.float32)])
     metadata = {"format_version": 1, "scale_factor": SCALE_FACTOR, "max_seq_len": MAX_SEQ_LEN,
                 "classes": ["cat"]}
     base = os.path.join(root, "export")
