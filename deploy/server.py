@@ -321,10 +321,11 @@ class Server:
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, threads: int = 8, max_body_bytes: int = 4 << 20):
         from waitress.server import create_server
 
-        # waitress refuses larger bodies itself (plain-text 413); keep its limit above Flask's so
-        # the JSON 400 of the app is what clients see.
+        # The app answers bodies over max_body_bytes with a JSON 400. waitress buffers a body before
+        # the app sees it, so it gets a hard cap of its own (4x): beyond that it answers a plain 413
+        # and closes the connection without reading gigabytes.
         self._server = create_server(app, host=host, port=port, threads=threads,
-                                     max_request_body_size=2 * max_body_bytes + 65536,
+                                     max_request_body_size=4 * max_body_bytes,
                                      connection_limit=256, ident="sketch-rnn")
         self.host, self.port = host, int(self._server.effective_port)
         self._thread: threading.Thread | None = None

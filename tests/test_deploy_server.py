@@ -210,6 +210,18 @@ def test_not_found_and_wrong_method_are_json(server):
     assert http(f"{server.url}/v1/models/sketch_rnn")[0] == 200
 
 
+def test_far_oversize_body_is_cut_off_and_the_server_lives_on(server, predict_url):
+    import urllib.error
+
+    body = b'{"signature_name": "sample", "pad": "' + b"x" * (5 << 20) + b'"}'  # 5x the 1 MiB limit
+    try:
+        status, _ = http(predict_url, body)
+        assert status in (400, 413)
+    except (urllib.error.URLError, ConnectionError):
+        pass  # waitress answered 413 and closed the connection while the client was still sending
+    assert http(f"{server.url}/v1/models/sketch_rnn")[0] == 200
+
+
 def test_fifty_concurrent_requests_all_answered(server, predict_url):
     def one(i):
         if i % 2:
