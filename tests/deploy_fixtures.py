@@ -25,7 +25,6 @@ def build_tiny_export(root: str, conditional: bool = True, full_length: bool = F
     from model.sketch_rnn import SketchRNN
     from trainer.export import export_saved_model
 
-    tf.keras.utils.set_random_seed(0)
     hps = HParams.preset("tiny")
     if not conditional:
         hps = hps.replace(conditional=False)
