@@ -189,9 +189,6 @@ def test_dispatcher_usage_error_is_fast_and_exits_2():
     assert "unrecognized arguments: --bogus" in result.stderr
 
 
-@pytest.mark.xfail(raises=ValueError, strict=False,
-                   reason="export_saved_model of an unconditional model fails today: tf.saved_model.save "
-                          "traces SketchModule.encode/decode, and SketchRNN.encode raises without an encoder")
 def test_unconditional_export_samples_but_cannot_encode(tmp_path, capsys):
     from deploy_fixtures import build_tiny_export
 

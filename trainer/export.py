@@ -55,6 +55,10 @@ class SketchModule(tf.Module):
         self.max_len = int(metadata["max_seq_len"])
         self.conditional = hps.conditional
         self.z_size = hps.z_size
+        if not self.conditional:
+            # Saving traces every tf.function attribute; an unconditional model has no encoder.
+            self.encode = None
+            self.decode = None
 
     def _out(self, strokes5, lengths):
         lengths = tf.cast(lengths, tf.int32)
