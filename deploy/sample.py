@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from model.latent import slerp  # noqa: F401  (re-exported for callers of deploy.sample)
+
 # Quick Draw canvases are at most a few thousand pixels; anything beyond this is corrupt input.
 MAX_ABS_OFFSET = 1e5
 
@@ -227,16 +229,6 @@ def read_sketches(path: str) -> list[tuple[str, np.ndarray]]:
 
 
 # --- generation ---------------------------------------------------------------------------------
-
-
-def slerp(z0: np.ndarray, z1: np.ndarray, t: float) -> np.ndarray:
-    """Spherical interpolation (linear when the vectors are (anti)parallel), as in the paper."""
-    z0, z1 = np.asarray(z0, np.float64), np.asarray(z1, np.float64)
-    cos = np.dot(z0, z1) / max(np.linalg.norm(z0) * np.linalg.norm(z1), 1e-12)
-    omega = math.acos(float(np.clip(cos, -1.0, 1.0)))
-    if abs(math.sin(omega)) < 1e-6:
-        return (1 - t) * z0 + t * z1
-    return (math.sin((1 - t) * omega) * z0 + math.sin(t * omega) * z1) / math.sin(omega)
 
 
 def to_rows(strokes3: np.ndarray) -> list[list[float]]:

@@ -61,8 +61,9 @@ class LSTM(keras.layers.Layer):
             # Forget gate bias 1 (the reference adds forget_bias=1.0 inside its cell).
             return tf.concat([tf.zeros([h]), tf.ones([h]), tf.zeros([2 * h])], 0)
 
-        self.bias = self.add_weight(name="bias", shape=(4 * h,), initializer=bias_init)
-        if self.layer_norm:
+        if not self.layer_norm:  # The layer-norm cell's shift is gate_beta.
+            self.bias = self.add_weight(name="bias", shape=(4 * h,), initializer=bias_init)
+        else:
             self.gate_gamma = self.add_weight(name="gate_gamma", shape=(4, h), initializer="ones")
             self.gate_beta = self.add_weight(name="gate_beta", shape=(4, h), initializer="zeros")
             self.cell_gamma = self.add_weight(name="cell_gamma", shape=(h,), initializer="ones")

@@ -1,0 +1,346 @@
+"""The sketch-rnn model: losses against a NumPy reference written from the formulas, masking,
+sampling validity/determinism/greedy, completion, cells, and a tiny model that overfits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from model import losses, schedules
+from model.hparams import HParams
+from model.latent import slerp
+from model.rnn import LSTM
+from model.sketch_rnn import END_ROW, START_ROW, SketchRNN
+from model.strokes import stroke3_to_stroke5
+from test_input import sample_sketches
+
+M = 3
+
+
+# --- an independent NumPy reference of the losses (float64, straight from the paper) ----------
+
+
+def np_logsumexp(a, axis):
+    m = np.max(a, axis=axis, keepdims=True)
+    return (m + np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True))).squeeze(axis)
+
+
+def np_reconstruction(targets, outputs, m, mask_pen=False):
+    targets, outputs = targets.astype(np.float64), outputs.astype(np.float64)
+    b, t, _ = targets.shape
+    pen_logits = outputs[..., :3]
+    rest = outputs[..., 3:]
+    pi_l, mu_x, mu_y, ls_x, ls_y, rho_pre = (rest[..., k * m:(k + 1) * m] for k in range(6))
+    log_pi = pi_l - np_logsumexp(pi_l, -1)[..., None]
+    sx, sy, rho = np.exp(ls_x), np.exp(ls_y), np.tanh(rho_pre)
+    dx, dy = targets[..., 0:1], targets[..., 1:2]
+    zx, zy = (dx - mu_x) / sx, (dy - mu_y) / sy
+    z = zx ** 2 + zy ** 2 - 2 * rho * zx * zy
+    one_m = 1 - rho ** 2
+    log_n = -z / (2 * one_m) - np.log(2 * np.pi * sx * sy * np.sqrt(one_m))
+    end = targets[..., 4]
+    l_s = -np_logsumexp(log_pi + log_n, -1) * (1 - end)
+    log_p = pen_logits - np_logsumexp(pen_logits, -1)[..., None]
+    l_p = -np.sum(targets[..., 2:5] * log_p, -1)
+    if mask_pen:
+        l_p = l_p * (1 - end)
+    return l_s.sum() / (b * t), l_p.sum() / (b * t)
+
+
+def random_batch(rng, b=4, t=12, m=M, extreme=False):
+    lengths = rng.integers(1, t + 1, size=b)
+    targets = np.zeros([b, t, 5], np.float32)
+    for i, n in enumerate(lengths):
+        targets[i, :n, :2] = rng.normal(0, 1.5, size=[n, 2])
+        pen = rng.integers(0, 2, size=n)
+        targets[i, :n, 2] = 1 - pen
+        targets[i, :n, 3] = pen
+        targets[i, n:, 4] = 1
+    outputs = rng.normal(0, 1, size=[b, t, 6 * m + 3]).astype(np.float32)
+    if extreme:
+        rho_pre = outputs[..., 3 + 5 * m:]
+        # Correlations near +-1 (|tanh| up to 1 - 5e-8) and tiny/huge sigmas, as in the NaN runs.
+        rho_pre[...] = rng.choice([-8.0, -5.0, 5.0, 8.0], size=rho_pre.shape)
+        outputs[..., 3 + 3 * m:3 + 5 * m] = rng.choice([-4.0, -2.0, 2.0], size=[b, t, 2 * m])
+        # Put the targets near the means so the densities stay in float32's range of the test.
+        targets[..., 0] = np.where(targets[..., 4] > 0, 0, outputs[..., 3 + m] + 1e-3)
+        targets[..., 1] = np.where(targets[..., 4] > 0, 0, outputs[..., 3 + 2 * m] - 1e-3)
+    return targets, outputs
+
+
+@pytest.mark.parametrize("extreme", [False, True])
+@pytest.mark.parametrize("mask_pen", [False, True])
+def test_reconstruction_loss_matches_numpy(extreme, mask_pen):
+    rng = np.random.default_rng(1 + extreme)
+    targets, outputs = random_batch(rng, extreme=extreme)
+    l_s, l_p = losses.reconstruction_loss(targets, outputs, M, mask_pen_loss=mask_pen)
+    ref_s, ref_p = np_reconstruction(targets, outputs, M, mask_pen)
+    assert np.isfinite(l_s) and np.isfinite(l_p)
+    np.testing.assert_allclose(float(l_s), ref_s, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(float(l_p), ref_p, rtol=1e-5, atol=1e-5)
+
+
+def test_log_density_finite_where_tanh_saturates():
+    # tanh(12) == 1 in float32: the naive 1 - rho^2 is 0 and its log -inf.
+    x = tf.constant([12.0, -12.0, 30.0])
+    assert float(tf.reduce_min(1.0 - tf.tanh(x) ** 2)) == 0.0
+    got = losses.log_one_minus_tanh_sq(x).numpy()
+    ref = np.log(1.0 - np.tanh(np.float64([12.0, -12.0])) ** 2)
+    np.testing.assert_allclose(got[:2], ref, rtol=1e-6)
+    np.testing.assert_allclose(got[2], -2 * (30 - math.log(2)), rtol=1e-6)  # -2 log cosh(30)
+    dens = losses.bivariate_log_density(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, x)
+    assert np.all(np.isfinite(dens.numpy()))
+
+
+def test_kl_loss_matches_numpy():
+    rng = np.random.default_rng(3)
+    mu, sh = rng.normal(size=[5, 7]), rng.normal(size=[5, 7])
+    ref = -0.5 * np.mean(1 + sh - mu ** 2 - np.exp(sh))
+    np.testing.assert_allclose(float(losses.kl_loss(mu.astype(np.float32), sh.astype(np.float32))),
+                               ref, rtol=1e-5)
+    assert float(losses.floored_kl(tf.constant(0.05), 0.2)) == pytest.approx(0.2)
+    assert float(losses.floored_kl(tf.constant(0.5), 0.2)) == pytest.approx(0.5)
+
+
+def test_l_s_ignores_values_after_the_end():
+    rng = np.random.default_rng(4)
+    targets, outputs = random_batch(rng)
+    changed = targets.copy()
+    changed[..., :2] = np.where(targets[..., 4:5] > 0, rng.normal(0, 50, size=targets[..., :2].shape),
+                                targets[..., :2])
+    a = losses.reconstruction_loss(targets, outputs, M)[0]
+    b = losses.reconstruction_loss(changed, outputs, M)[0]
+    assert float(a) == float(b)
+    # ...while changing a real point does change it (the mask is not all zeros).
+    changed[0, 0, 0] += 3.0
+    assert float(losses.reconstruction_loss(changed, outputs, M)[0]) != float(a)
+
+
+def test_schedules_follow_the_reference_formulas():
+    hps = HParams.preset("paper")
+    for step in (0, 1, 1000, 100000):
+        assert schedules.learning_rate(step, hps) == pytest.approx(
+            (1e-3 - 1e-5) * 0.9999 ** step + 1e-5)
+        assert schedules.kl_weight(step, hps) == pytest.approx(0.5 - (0.5 - 0.01) * 0.99995 ** step)
+    assert schedules.learning_rate(10 ** 7, hps) == pytest.approx(1e-5)
+
+
+def test_slerp_endpoints_and_norm():
+    a, b = np.array([1.0, 0.0]), np.array([0.0, 2.0])
+    np.testing.assert_allclose(slerp(a, b, 0.0), a, atol=1e-12)
+    np.testing.assert_allclose(slerp(a, b, 1.0), b, atol=1e-12)
+    u, v = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    for t in (0.25, 0.5, 0.9):  # Unit vectors stay on the circle at angle t * 90 degrees.
+        np.testing.assert_allclose(slerp(u, v, t), [math.cos(t * math.pi / 2), math.sin(t * math.pi / 2)],
+                                   atol=1e-12)
+    np.testing.assert_allclose(slerp(a, 3 * a, 0.5), 2 * a)  # Parallel: linear.
+
+
+# --- layers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_lstm_sequence_equals_step_by_step(layer_norm):
+    tf.random.set_seed(0)
+    layer = LSTM(6, layer_norm=layer_norm)
+    x = tf.random.normal([3, 5, 4])
+    h0, c0 = tf.random.normal([3, 6]), tf.random.normal([3, 6])
+    lengths = tf.constant([5, 2, 0])
+    seq, (h_t, c_t) = layer(x, initial_state=(h0, c0), lengths=lengths)
+    h, c = h0, c0
+    for t in range(5):
+        h_new, c_new = layer.step(layer.project(x[:, t]), h, c)
+        keep = (t < lengths)[:, None]
+        h, c = tf.where(keep, h_new, h), tf.where(keep, c_new, c)
+        np.testing.assert_allclose(seq[:, t], h, atol=1e-6)
+    np.testing.assert_allclose(h_t, h, atol=1e-6)
+    np.testing.assert_allclose(c_t, c, atol=1e-6)
+    np.testing.assert_allclose(h_t[2], h0[2])  # Zero length: the initial state.
+
+
+def test_recurrent_dropout_only_in_training():
+    tf.random.set_seed(0)
+    layer = LSTM(8, recurrent_dropout=0.5)
+    x = tf.random.normal([2, 6, 3])
+    a, _ = layer(x, training=False)
+    b, _ = layer(x, training=False)
+    np.testing.assert_array_equal(a, b)
+    c, _ = layer(x, training=True)
+    d, _ = layer(x, training=True)
+    assert not np.allclose(c, d)
+    assert not np.allclose(a, c)
+
+
+def _model(max_len=30, **overrides):
+    tf.random.set_seed(0)
+    hps = HParams.preset("tiny").replace(**overrides)
+    model = SketchRNN(hps, max_len)
+    model({"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2])})
+    return model, hps
+
+
+def _padded(sketches5, t):
+    batch = np.tile(np.array(END_ROW, np.float32), [len(sketches5), t, 1])
+    for i, s in enumerate(sketches5):
+        batch[i, :len(s)] = s
+    return batch
+
+
+def test_encoder_ignores_padding_after_length():
+    model, _ = _model()
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=[1, 7, 5]).astype(np.float32)
+    short = model.encode(s[:, :4], tf.constant([4]))
+    padded = model.encode(s, tf.constant([4]))
+    np.testing.assert_allclose(short[0], padded[0], atol=1e-6)
+    np.testing.assert_allclose(short[1], padded[1], atol=1e-6)
+
+
+def test_forward_shapes_conditional_and_unconditional():
+    model, hps = _model()
+    x = {"strokes": tf.random.normal([3, 9, 5]), "lengths": tf.constant([9, 4, 1])}
+    out = model(x, training=True)
+    assert out["outputs"].shape == (3, 9, 6 * hps.num_mixture + 3)
+    assert out["mu"].shape == out["sigma_hat"].shape == out["z"].shape == (3, hps.z_size)
+    unc, _ = _model(conditional=False)
+    out = unc(x)
+    assert set(out) == {"outputs"}
+    assert not any("encoder" in v.path for v in unc.trainable_variables)
+    with pytest.raises(ValueError, match="unconditional"):
+        unc.encode(x["strokes"], x["lengths"])
+
+
+def test_layer_norm_model_gradients_finite():
+    model, hps = _model(enc_model="layer_norm", dec_model="layer_norm")
+    x = {"strokes": tf.random.normal([2, 6, 5]), "lengths": tf.constant([6, 3])}
+    with tf.GradientTape() as tape:
+        out = model(x, training=True)
+        loss = sum(losses.reconstruction_loss(x["strokes"], out["outputs"], hps.num_mixture))
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
+    assert any("gate_gamma" in v.path for v in model.trainable_variables)
+
+
+# --- sampling ----------------------------------------------------------------------------------
+
+
+def assert_valid_stroke5(strokes, lengths, n_max):
+    strokes, lengths = np.asarray(strokes), np.asarray(lengths)
+    assert strokes.shape[1:] == (n_max, 5)
+    assert np.all(np.isfinite(strokes))
+    for s, n in zip(strokes, lengths):
+        assert 1 <= n <= n_max
+        pens = s[:, 2:]
+        assert np.all(np.sum(pens, axis=1) == 1) and np.all((pens == 0) | (pens == 1))
+        assert np.all(s[:n, 4] == 0)  # p3 only from the end on...
+        np.testing.assert_array_equal(s[n:], np.tile(END_ROW, [n_max - n, 1]))  # ...and then only.
+
+
+def test_sample_valid_and_deterministic():
+    model, _ = _model(max_len=25)
+    a = model.sample(6, tf.constant(0.8), tf.constant(5))
+    b = model.sample(6, tf.constant(0.8), tf.constant(5))
+    c = model.sample(6, tf.constant(0.8), tf.constant(6))
+    assert_valid_stroke5(*a, 25)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+    short = model.sample(2, tf.constant(1.0), tf.constant(1), max_len=7)
+    assert_valid_stroke5(*short, 7)
+
+
+def naive_greedy(model, z, steps):
+    """Greedy decoding with one Python call per step (an independent loop over the same layers)."""
+    hps = model.hps
+    h, c = model.initial_decoder_state(tf.constant(z), z.shape[0])
+    prev = np.tile(np.array(START_ROW, np.float32), [z.shape[0], 1])
+    rows, done = [], np.zeros(z.shape[0], bool)
+    for _ in range(steps):
+        x = np.concatenate([prev, z], axis=1)
+        h, c = model.decoder.step(model.decoder.project(tf.constant(x)), h, c)
+        out = model.head(h).numpy().astype(np.float64)
+        m = hps.num_mixture
+        k = np.argmax(out[:, 3:3 + m], axis=1)
+        pen = np.argmax(out[:, :3] if rows else out[:, :2], axis=1)  # No end at the first step.
+        idx = np.arange(len(k))
+        row = np.zeros([len(k), 5], np.float32)
+        row[:, 0] = out[idx, 3 + m + k]
+        row[:, 1] = out[idx, 3 + 2 * m + k]
+        row[idx, 2 + pen] = 1
+        done |= pen == 2
+        row[done] = END_ROW
+        rows.append(row)
+        prev = row
+    return np.stack(rows, axis=1)
+
+
+def test_temperature_zero_is_greedy_and_matches_a_naive_loop():
+    model, hps = _model(max_len=20)
+    z = np.random.default_rng(0).normal(size=[3, hps.z_size]).astype(np.float32)
+    a = model.sample(None, tf.constant(0.0), tf.constant(1), z=tf.constant(z))
+    b = model.sample(None, tf.constant(0.0), tf.constant(99), z=tf.constant(z))
+    np.testing.assert_array_equal(a[0], b[0])  # The seed does not matter when greedy.
+    ref = naive_greedy(model, z, 20)
+    np.testing.assert_allclose(a[0], ref, atol=1e-5)
+
+
+def test_completion_keeps_the_prefix():
+    model, _ = _model(max_len=30)
+    prefix = np.zeros([1, 12, 5], np.float32)
+    prefix[0, :8] = stroke3_to_stroke5(np.array([[1, 2, 0], [3, -1, 0], [0.5, 0.5, 1], [2, 2, 0],
+                                                 [-1, 0, 0], [0, -3, 1], [4, 4, 0], [1, 1, 1]],
+                                                np.float32), 8)[:8]
+    prefix[0, 8:] = 9.0  # Garbage after the prefix's length must not be used.
+    strokes, lengths = model.complete(prefix, tf.constant([8]), 4, tf.constant(0.7), tf.constant(2))
+    assert_valid_stroke5(strokes, lengths, 30)
+    np.testing.assert_array_equal(strokes[:, :8], np.repeat(prefix[:, :8], 4, axis=0))
+    assert np.all(lengths.numpy() >= 8)
+    again = model.complete(prefix, tf.constant([8]), 4, tf.constant(0.7), tf.constant(2))
+    np.testing.assert_array_equal(strokes, again[0])
+
+
+def test_mixed_precision_outputs_stay_float32():
+    import keras
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model, _ = _model(precision="mixed_bfloat16")
+        out = model({"strokes": tf.random.normal([2, 5, 5]), "lengths": tf.constant([5, 2])}, training=True)
+        assert out["outputs"].dtype == tf.float32
+        assert model.decoder.compute_dtype == "bfloat16"
+        assert np.all(np.isfinite(out["outputs"]))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+# --- learning ----------------------------------------------------------------------------------
+
+
+def test_tiny_model_overfits_real_sketches(sample_dir):
+    """Fails if the gradient path is broken: 16 real sketches, 250 Adam steps, loss falls a lot."""
+    sketches = [s for s in sample_sketches(sample_dir, limit=40, step=8) if 5 <= len(s) <= 40][:16]
+    scale = np.std(np.concatenate([s[:, :2] for s in sketches]))
+    t = max(len(s) for s in sketches)
+    batch = _padded([stroke3_to_stroke5(s / [scale, scale, 1], len(s))[:len(s)] for s in sketches], t)
+    x = {"strokes": tf.constant(batch), "lengths": tf.constant([len(s) for s in sketches])}
+    model, hps = _model(max_len=t, use_recurrent_dropout=False)
+    import keras
+    opt = keras.optimizers.Adam(5e-3)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            out = model(x, training=True)
+            l_s, l_p = losses.reconstruction_loss(x["strokes"], out["outputs"], hps.num_mixture)
+            loss = l_s + l_p + 0.01 * losses.kl_loss(out["mu"], out["sigma_hat"])
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip([tf.clip_by_value(g, -1, 1) for g in grads], model.trainable_variables))
+        return l_s + l_p
+
+    first = [float(step()) for _ in range(5)]
+    for _ in range(240):
+        step()
+    last = [float(step()) for _ in range(5)]
+    assert np.mean(last) < np.mean(first) - 0.5, (first, last)
