@@ -7,8 +7,13 @@ pay for what `serve` needs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import sys
+
+# Before any subcommand imports TensorFlow: keep its C++ INFO/WARNING lines out of the output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # name -> (module with main(argv), one-line help)
 COMMANDS = {
@@ -38,8 +43,31 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"sketch-rnn: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    wants_help = any(a in ("-h", "--help") for a in rest)
+    with _quiet_native_stderr() if wants_help else contextlib.nullcontext():
+        module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silences file descriptor 2 while a subcommand's module is imported for `--help`.
+
+    TensorFlow's import prints lines such as `cudart_stub.cc: Could not find cuda drivers` from C++
+    before its logging is initialized, ignoring TF_CPP_MIN_LOG_LEVEL; they would bury the help text.
+    Only the import is silenced: argparse's help (stdout) and errors (stderr) come after it, and an
+    import error's traceback is printed once stderr is back.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 if __name__ == "__main__":
