@@ -98,29 +98,8 @@ class LSTM(keras.layers.Layer):
         `drop_mask` `[B, H]` (already scaled by 1 / (1 - rate)) multiplies the candidate g.
         `weights`: from `weights()` (read here when None).
         """
-        w = weights if weights is not None else self.weights()
-        z = xw + tf.matmul(h, w["recurrent_kernel"])
-        if self.layer_norm:
-            zs = tf.reshape(z, [-1, 4, self.units])
-            zs = _layer_norm(zs, w["gate_gamma"], w["gate_beta"])
-            i, f, g, o = tf.unstack(zs, axis=1)
-            f = f + 1.0  # Forget bias (beta starts at 0 here, so add it as the reference does).
-        else:
-            i, f, g, o = tf.split(z, 4, axis=-1)
-        g = tf.tanh(g)
-        if drop_mask is not None:
-            g = g * drop_mask
-        c = tf.sigmoid(f) * c + tf.sigmoid(i) * g
-        c_out = c
-        if self.layer_norm:
-            c_out = _layer_norm(c, w["cell_gamma"], w["cell_beta"])
-        h = tf.tanh(c_out) * tf.sigmoid(o)
-        return h, c
-
-    def _dropout_mask(self, batch: tf.Tensor, dtype) -> tf.Tensor:
-        keep = 1.0 - self.recurrent_dropout
-        u = tf.random.uniform([batch, self.units])
-        return tf.cast(tf.cast(u < keep, tf.float32) / keep, dtype)
+        return lstm_step(xw, h, c, weights if weights is not None else self.weights(),
+                         self.layer_norm, drop_mask)
 
     def call(self, inputs: tf.Tensor, initial_state: tuple[tf.Tensor, tf.Tensor] | None = None,
              lengths: tf.Tensor | None = None, training: bool = False):
@@ -149,29 +128,9 @@ class LSTM(keras.layers.Layer):
             if result is not None:
                 return result
         xw = tf.transpose(self.project(inputs), [1, 0, 2])  # [T, B, 4H]
-        steps = tf.shape(xw)[0]
-        # Read steps through a TensorArray: the gradient of `xw[t]` inside a loop would build a
-        # full [T, B, 4H] tensor per step (quadratic time); a TensorArray read's does not.
-        xw = tf.TensorArray(dtype, size=steps).unstack(xw)
-        mask = None
-        if lengths is not None:
-            mask = tf.transpose(tf.sequence_mask(lengths, steps))[..., None]  # [T, B, 1]
-        outputs = tf.TensorArray(dtype, size=steps)
-        weights = self.weights()
-
-        def body(t, h, c, outputs):
-            drop = self._dropout_mask(batch, dtype) if use_dropout else None
-            h_new, c_new = self.step(xw.read(t), h, c, drop, weights)
-            if mask is not None:
-                h_new = tf.where(mask[t], h_new, h)
-                c_new = tf.where(mask[t], c_new, c)
-            return t + 1, h_new, c_new, outputs.write(t, h_new)
-
-        # maximum_iterations bounds the gradient's accumulators (XLA needs that bound).
-        _, h, c, outputs = tf.while_loop(lambda t, *_: t < steps, body,
-                                         (tf.constant(0), h0, c0, outputs),
-                                         maximum_iterations=steps)
-        return tf.transpose(outputs.stack(), [1, 0, 2]), (h, c)
+        outputs, state = scan(xw, h0, c0, self.weights(), self.layer_norm,
+                              self.recurrent_dropout if use_dropout else 0.0, lengths)
+        return tf.transpose(outputs, [1, 0, 2]), state
 
     def _cudnn(self, inputs, h0, c0, lengths):
         """The fused cuDNN kernel through Keras' TensorFlow backend; None when not usable."""
@@ -195,3 +154,73 @@ class LSTM(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "units": self.units, "layer_norm": self.layer_norm,
                 "recurrent_dropout": self.recurrent_dropout}
+
+
+def lstm_step(xw: tf.Tensor, h: tf.Tensor, c: tf.Tensor, w: dict[str, tf.Tensor], layer_norm: bool,
+              drop_mask: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """The cell: `xw` `[..., B, 4H]` (x W + b), h, c `[..., B, H]`, weights from `LSTM.weights()`
+    (a leading axis of K stacked cells is allowed: recurrent kernel `[K, H, 4H]`)."""
+    z = xw + tf.matmul(h, w["recurrent_kernel"])
+    if layer_norm:
+        units = tf.shape(h)[-1]
+        zs = tf.reshape(z, tf.concat([tf.shape(z)[:-1], [4, units]], 0))
+        zs = _layer_norm(zs, w["gate_gamma"], w["gate_beta"])
+        i, f, g, o = tf.unstack(zs, num=4, axis=-2)
+        f = f + 1.0  # Forget bias (beta starts at 0 here, so add it as the reference does).
+    else:
+        i, f, g, o = tf.split(z, 4, axis=-1)
+    g = tf.tanh(g)
+    if drop_mask is not None:
+        g = g * drop_mask
+    c = tf.sigmoid(f) * c + tf.sigmoid(i) * g
+    c_out = _layer_norm(c, w["cell_gamma"], w["cell_beta"]) if layer_norm else c
+    return tf.tanh(c_out) * tf.sigmoid(o), c
+
+
+def scan(xw: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, weights: dict[str, tf.Tensor],
+         layer_norm: bool, dropout: float = 0.0, lengths: tf.Tensor | None = None):
+    """Runs the cell over time: xw `[T, ..., B, 4H]` -> (outputs `[T, ..., B, H]`, (h_T, c_T)).
+
+    `lengths` `[B]`: the state stops changing after `lengths[b]` steps. `dropout`: drop rate on
+    the cell candidate, a fresh mask each step.
+    """
+    dtype = xw.dtype
+    steps = tf.shape(xw)[0]
+    # Read steps through a TensorArray: the gradient of `xw[t]` inside a loop would build a
+    # full [T, B, 4H] tensor per step (quadratic time); a TensorArray read's does not.
+    xs = tf.TensorArray(dtype, size=steps).unstack(xw)
+    mask = None
+    if lengths is not None:
+        mask = tf.transpose(tf.sequence_mask(lengths, steps))[..., None]  # [T, B, 1]
+    outputs = tf.TensorArray(dtype, size=steps)
+    keep = 1.0 - dropout
+
+    def body(t, h, c, outputs):
+        drop = None
+        if dropout > 0.0:
+            drop = tf.cast(tf.cast(tf.random.uniform(tf.shape(h)) < keep, tf.float32) / keep, dtype)
+        h_new, c_new = lstm_step(xs.read(t), h, c, weights, layer_norm, drop)
+        if mask is not None:
+            h_new = tf.where(mask[t], h_new, h)
+            c_new = tf.where(mask[t], c_new, c)
+        return t + 1, h_new, c_new, outputs.write(t, h_new)
+
+    # maximum_iterations bounds the gradient's accumulators (XLA needs that bound).
+    _, h, c, outputs = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, outputs),
+                                     maximum_iterations=steps)
+    return outputs.stack(), (h, c)
+
+
+def bidirectional_final_h(forward: LSTM, backward: LSTM, inputs: tf.Tensor, lengths: tf.Tensor,
+                          training: bool = False) -> tf.Tensor:
+    """[h_fw; h_bw] `[B, 2H]`: the last states of a bidirectional LSTM over `[B, T, D]` masked by
+    lengths (the backward cell reads each sequence's first `lengths[b]` steps in reverse).
+
+    (Running both directions as one loop of two stacked cells was measured: no faster on CPU,
+    the batched matmul's gradient costs what the saved loop overhead gains.)
+    """
+    lengths = tf.cast(lengths, tf.int32)
+    _, (h_fw, _) = forward(inputs, lengths=lengths, training=training)
+    reversed_ = tf.reverse_sequence(inputs, lengths, seq_axis=1, batch_axis=0)
+    _, (h_bw, _) = backward(reversed_, lengths=lengths, training=training)
+    return tf.concat([h_fw, h_bw], axis=-1)

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from model import losses
 from model.hparams import HParams
-from model.rnn import LSTM
+from model.rnn import LSTM, bidirectional_final_h
 
 START_ROW = (0.0, 0.0, 1.0, 0.0, 0.0)  # S_0.
 END_ROW = (0.0, 0.0, 0.0, 0.0, 1.0)  # Padding after a sketch's end.
@@ -88,11 +88,7 @@ class StrokeEncoder(keras.layers.Layer):
         self.sigma_hat = keras.layers.Dense(z_size, kernel_initializer=init, name="sigma_hat")
 
     def call(self, strokes: tf.Tensor, lengths: tf.Tensor, training: bool = False):
-        lengths = tf.cast(lengths, tf.int32)
-        _, (h_fw, _) = self.forward_rnn(strokes, lengths=lengths, training=training)
-        reversed_ = tf.reverse_sequence(strokes, lengths, seq_axis=1, batch_axis=0)
-        _, (h_bw, _) = self.backward_rnn(reversed_, lengths=lengths, training=training)
-        h = tf.concat([h_fw, h_bw], axis=-1)
+        h = bidirectional_final_h(self.forward_rnn, self.backward_rnn, strokes, lengths, training)
         return self.mu(h), self.sigma_hat(h)
 
 
