@@ -59,6 +59,9 @@ class HParams:
 
     # Input / speed (do not change what is learned, only how fast).
     trim_batches: bool = True  # Trim each batch to its longest sketch instead of N_max.
+    # Group sketches of similar length into a batch (training only; then trimmed): less padding,
+    # but batches are no longer random in length as in the reference.
+    bucket_batches: bool = False
     jit_compile: bool = False  # XLA-compile the training step.
     precision: str = "float32"  # One of PRECISIONS; mixture math always stays float32.
 

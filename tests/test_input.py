@@ -193,3 +193,19 @@ def test_same_seed_same_batches(tmp_path, sketches):
 def test_missing_files_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="sketch-rnn preprocess"):
         input_lib.make_dataset(str(tmp_path), "train", HParams.preset("tiny"), {"max_seq_len": 5}, 2, True)
+
+
+def test_bucketed_batches_group_lengths_and_keep_every_point(tmp_path, sketches):
+    metadata = write_dataset(tmp_path, sketches)
+    hps = HParams.preset("tiny").replace(bucket_batches=True, augment_stroke_prob=0.0,
+                                         random_scale_factor=0.0)
+    ds = input_lib.make_dataset(str(tmp_path), "train", hps, metadata, 4, True, seed=1)
+    for batch in ds.take(20):
+        lengths = batch["lengths"].numpy()
+        assert len(lengths) == 4
+        # One bucket per batch: all lengths within one BUCKET_WIDTH-wide interval.
+        assert lengths.max() - lengths.min() < input_lib.BUCKET_WIDTH
+        assert batch["strokes"].shape[1] == lengths.max()  # Trimmed, nothing real cut.
+        s = batch["strokes"].numpy()
+        for row, n in zip(s, lengths):
+            assert np.all(row[:n, 4] == 0)

@@ -19,6 +19,7 @@ from pipeline import schema
 from trainer import augment as augment_lib
 
 SHUFFLE_BUFFER = 10_000
+BUCKET_WIDTH = 25  # Points per length bucket with hps.bucket_batches.
 
 
 def trim_batch(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -98,7 +99,13 @@ def make_dataset(data_dir: str, split: str, hps: HParams, metadata: dict[str, An
     else:
         ds = ds.map(lambda s: parse_and_augment(s, None, max_seq_len, hps, False),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=training)
+    if training and hps.bucket_batches:
+        # Buckets every BUCKET_WIDTH points; the shuffle buffer above keeps the batches varied.
+        bounds = list(range(BUCKET_WIDTH + 1, max_seq_len + 1, BUCKET_WIDTH))
+        ds = ds.bucket_by_sequence_length(lambda e: e["lengths"], bounds,
+                                          [batch_size] * (len(bounds) + 1), drop_remainder=True)
+    else:
+        ds = ds.batch(batch_size, drop_remainder=training)
     if hps.trim_batches:
         ds = ds.map(trim_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
