@@ -238,7 +238,11 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
             else:
                 kl = kl_term = tf.constant(0.0)
             loss = recon + kl_w * kl_term
-        grads = tape.gradient(loss * loss_scale, variables)
+            scaled = loss * loss_scale  # Inside the tape: a product taken outside has no gradient.
+        grads = tape.gradient(scaled, variables)
+        missing = [v.path for g, v in zip(grads, variables) if g is None]
+        if missing:  # Caught at trace time: a broken gradient path must not train silently.
+            raise ValueError(f"no gradient reaches {missing}: the loss does not depend on them")
         metrics = {"cost": loss, "recon": recon, "l_s": tf.nn.compute_average_loss(
             l_s, global_batch_size=global_batch), "l_p": tf.nn.compute_average_loss(
             l_p, global_batch_size=global_batch), "kl": kl * local}
@@ -250,7 +254,6 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
         kl_w = tf.cast(schedules.kl_weight(tf.cast(step, tf.float32), hps), tf.float32)
         grads, metrics = forward_fn(batch, kl_w)
         ctx = tf.distribute.get_replica_context()
-        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         n = tf.cast(ctx.num_replicas_in_sync, tf.float32)
         # Clip the global gradient per value, then divide by the replica count because the
