@@ -199,3 +199,46 @@ def test_train_and_export_clis(tmp_path, sample_dir, capsys):
     assert (tmp_path / "exp" / "7" / "assets.extra" / "hparams.json").exists()
     assert export_cli.main(["--model-dir", str(tmp_path / "nothing"), "--export-dir", str(tmp_path / "e")]) == 1
     assert "hparams.json not found" in capsys.readouterr().err
+
+
+EQUIV_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from model.hparams import HParams
+    from trainer.train import train_and_evaluate
+    data, model_dir, strategy = sys.argv[1:4]
+    keras.utils.set_random_seed(3)
+    # Nothing random in the step: no z noise (unconditional), no dropout, no augmentation, and
+    # full-length batches (each replica would trim its half differently).
+    hps = HParams.preset("tiny").replace(conditional=False, use_recurrent_dropout=False, batch_size=8,
+                                         augment_stroke_prob=0.0, random_scale_factor=0.0,
+                                         trim_batches=False)
+    train_and_evaluate(data, model_dir, hps, 3, strategy, checkpoint_every=1, eval_every=0, log_every=1,
+                       export=False, test_at_end=False, log=lambda s: None)
+    reader = tf.train.load_checkpoint(model_dir + "/checkpoints")
+    first = tf.train.load_checkpoint(model_dir + "/checkpoints/ckpt-1")
+    names = [n for n, _ in tf.train.list_variables(model_dir + "/checkpoints")
+             if n.startswith(("model/", "optimizer/_variables/")) and n.endswith("VARIABLE_VALUE")]
+    print("RESULT " + json.dumps({n: [reader.get_tensor(n).tolist(), first.get_tensor(n).tolist()] for n in names}))
+''')
+
+
+def test_two_replicas_update_like_one_device(tmp_path, sample_dir):
+    """The replica loss scaling and gradient all-reduce: 2 mirrored replicas with half batches
+    give the same weights and Adam moments (which scale with the gradient, unlike Adam's update)
+    as one device with the whole batch, and the weights do move."""
+    data = tmp_path / "data"
+    write_dataset(data, sample_sketches(sample_dir, limit=64), shards=1)
+    one = run_script(tmp_path, EQUIV_SCRIPT, data, tmp_path / "one", "one_device")
+    two = run_script(tmp_path, EQUIV_SCRIPT, data, tmp_path / "two", "mirrored")
+    assert set(one) == set(two) and any("head" in n for n in one) and any("optimizer" in n for n in one)
+    for name in one:
+        after_one, after_step1 = (np.array(x) for x in one[name])
+        after_two = np.array(two[name][0])
+        np.testing.assert_allclose(after_two, after_one, atol=2e-5, err_msg=name)
+        if name.startswith("model/"):
+            assert not np.allclose(after_one, after_step1), f"{name} did not change from step 1 to 3"
