@@ -135,6 +135,7 @@ def test_preprocess_train_export_load_sample(tmp_path, sample_dir):
     assert result["step"] == STEPS
     costs = [float(x.split(" cost ")[1].split()[0]) for x in result["logs"] if x.startswith("step ")]
     assert len(costs) == STEPS and all(math.isfinite(c) for c in costs)
+    assert np.mean(costs[-10:]) < np.mean(costs[:5])  # It learns (catches gradients that never arrive).
     assert all(math.isfinite(v) for v in result["train"].values())
     assert math.isfinite(result["valid"]["cost"])
     assert any(x.startswith("valid step 15:") for x in result["logs"])
