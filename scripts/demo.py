@@ -44,8 +44,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT_DIR", os.path.join(REPO, "out", "demo")),
                         help="output folder (default out/demo, or $OUT_DIR)")
-    parser.add_argument("--steps", type=int, default=300,
-                        help="training steps of the small preset (default 300: a few minutes on 2 CPU cores)")
+    parser.add_argument("--steps", type=int, default=200,
+                        help="training steps of the small preset (default 200: a few minutes on 2 CPU cores)")
     args = parser.parse_args()
     if args.steps < 1:
         parser.error("--steps must be >= 1")
@@ -62,9 +62,9 @@ def main() -> int:
 
     start = time.time()
     run(["preprocess", "--input", "data/quickdraw_sample/*.ndjson", "--output", data])
-    every = max(1, args.steps // 3)
+    every = max(1, args.steps // 2)
     run(["train", "--data", data, "--model-dir", model_dir, "--preset", "small", "--steps", str(args.steps),
-         "--log-every", str(max(1, args.steps // 6)), "--eval-every", str(every),
+         "--log-every", str(max(1, args.steps // 8)), "--eval-every", str(every),
          "--checkpoint-every", str(every), "--no-export"])  # Exported explicitly below.
     run(["export", "--model-dir", model_dir, "--export-dir", export_dir])
     run(["sample", "--model", export_dir, "--num", "16", "--temperature", "0.5", "--seed", "1",
