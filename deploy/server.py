@@ -172,7 +172,9 @@ class Service:
             raise BadRequest(f"unknown input(s) {unknown} for signature {name!r}; it takes {sorted(specs)}")
         if missing:
             raise BadRequest(f"missing input(s) {missing} for signature {name!r}; it takes {sorted(specs)}")
-        values = {k: self._to_array(name, k, columns[k], specs[k]) for k in specs}
+        # Sketches and latents first, so a wrong batch is reported on the data, not on lengths.
+        order = sorted(specs, key=lambda k: (k not in ("strokes", "z"), k))
+        values = {k: self._to_array(name, k, columns[k], specs[k]) for k in order}
         if "num" in values and not 1 <= int(values["num"]) <= self.max_num:
             raise BadRequest(f"num must be in 1..{self.max_num} (--max-num), got {int(values['num'])}")
         if "temperature" in values and not 0.0 <= float(values["temperature"]) <= MAX_TEMPERATURE:
