@@ -14,7 +14,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def sample_dir() -> pathlib.Path:
-    """The bundled raw Quick Draw sample (10 categories, 253 drawings, CC BY 4.0)."""
+    """The bundled raw Quick Draw sample (10 categories, 263 drawings, CC BY 4.0)."""
     return SAMPLE_DIR
 
 
