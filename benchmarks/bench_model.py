@@ -124,13 +124,14 @@ def main() -> int:
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per row (median)")
     parser.add_argument("--sample-len", type=int, default=250)
+    parser.add_argument("--skip-train", action="store_true", help="only the sampling rows")
     args = parser.parse_args()
     hps = HParams.preset(args.preset)
     print(f"preset {args.preset}: enc {hps.enc_rnn_size}x2, dec {hps.dec_rnn_size}, z {hps.z_size}, "
           f"M {hps.num_mixture}, batch {hps.batch_size}, recurrent dropout {hps.use_recurrent_dropout}; "
           f"threads: {os.cpu_count()} cores", flush=True)
     rows = []
-    for t in (250, 125):
+    for t in (() if args.skip_train else (250, 125)):
         model = build(hps, 250)
         rate = time_training(model, hps, t, args.steps)
         rows.append((f"train step, batch {hps.batch_size}, T={t}", f"{rate:.1f} sketches/s", ""))
@@ -141,14 +142,23 @@ def main() -> int:
     bias[2] = -30.0  # Pin the end-of-sketch logit low: every sample runs all steps.
     model.head.bias.assign(bias)
     n = args.sample_len
+    per_sketch = {}
     for num in (1, 100):
-        graph = time_call(lambda: model.sample(num, tf.constant(1.0), tf.constant(1))[0].numpy(), 3)
+        for xla in (False, True):
+            graph = time_call(lambda: model.sample(num, tf.constant(1.0), tf.constant(1), xla=xla)[0].numpy(), 3)
+            per_sketch[(num, xla)] = graph / num
+            rows.append((f"sample {num} x {n} points: in-graph{' + XLA' if xla else ''}",
+                         f"{graph * 1000 / num:.2f} ms/sketch", f"{graph:.3f} s/call"))
+            print(rows[-1], flush=True)
         naive = time_call(lambda: naive_sample(model, num, n, 1.0, 1), 1)
-        rows.append((f"sample {num} x {n} points: in-graph", f"{graph * 1000 / num:.2f} ms/sketch",
-                     f"{graph:.3f} s/call"))
+        per_sketch[(num, "naive")] = naive / num
         rows.append((f"sample {num} x {n} points: naive loop", f"{naive * 1000 / num:.2f} ms/sketch",
-                     f"in-graph is {naive / graph:.1f}x faster"))
-        print(rows[-2], rows[-1], flush=True)
+                     f"in-graph {naive / num / per_sketch[(num, False)]:.1f}x, "
+                     f"+ XLA {naive / num / per_sketch[(num, True)]:.1f}x faster"))
+        print(rows[-1], flush=True)
+    rows.append(("batch of 100 in-graph vs naive loop one sketch at a time", "",
+                 f"{per_sketch[(1, 'naive')] / per_sketch[(100, False)]:.1f}x sketches/s, "
+                 f"+ XLA {per_sketch[(1, 'naive')] / per_sketch[(100, True)]:.1f}x"))
     width = max(len(r[0]) for r in rows)
     print("\n" + "\n".join(f"{a:<{width}}  {b:>20}  {c}" for a, b, c in rows))
     return 0
