@@ -48,7 +48,6 @@ class LSTM(keras.layers.Layer):
         self.units = int(units)
         self.layer_norm = bool(layer_norm)
         self.recurrent_dropout = float(recurrent_dropout)
-        self.cudnn_calls = 0  # Python-side count of traced calls that chose the cuDNN kernel.
 
     def build(self, input_shape):
         h = self.units
@@ -148,7 +147,6 @@ class LSTM(keras.layers.Layer):
                 return_sequences=True)
         except NotImplementedError:
             return None
-        self.cudnn_calls += 1
         return outputs, (h, c)
 
     def get_config(self):
