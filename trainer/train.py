@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from model.hparams import HParams
 from pipeline import schema
+from trainer import checkpoints as checkpoints_lib
 from trainer import input as input_lib
 
 STRATEGIES = ("mirrored", "multiworker", "one_device")
@@ -207,9 +208,10 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
     best_manager = tf.train.CheckpointManager(ckpt, _write_dir(model_dir, strategy, "best"),
                                               max_to_keep=1, checkpoint_name="best")
     # Every worker restores from the chief's directory (the others' temp copies may be gone).
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    # The newest checkpoint that restores: a lost `.index` or a truncated `.data` file is reported
+    # and skipped, never a silent restart from step 0 (trainer/checkpoints.py).
+    latest = checkpoints_lib.restore_newest(ckpt, os.path.join(model_dir, "checkpoints"), log=log)
     if latest:
-        ckpt.restore(latest).assert_existing_objects_matched()
         log(f"resumed from {latest} at step {int(step.numpy())}")
     start_step = int(step.numpy())
     data_seed = int(rng.uniform_full_int([], tf.int32).numpy()) & 0x7FFFFFF
@@ -417,10 +419,12 @@ def load_trained_model(model_dir: str, checkpoint: str | None = None):
         metadata = json.loads(f.read())
     model = SketchRNN(hps, int(metadata["max_seq_len"]))
     model({"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2], tf.int32)}, training=False)
+    restorer = tf.train.Checkpoint(model=model)
     if checkpoint in (None, "best"):
-        sub = "best" if checkpoint == "best" else "checkpoints"
-        checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir, sub))
-        if checkpoint is None:
-            raise FileNotFoundError(f"no checkpoint in {os.path.join(model_dir, sub)}")
-    tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+        sub = os.path.join(model_dir, "best" if checkpoint == "best" else "checkpoints")
+        if checkpoints_lib.restore_newest(restorer, sub, partial=True,
+                                          log=lambda s: print(s, file=sys.stderr)) is None:
+            raise FileNotFoundError(f"no checkpoint in {sub}")
+    else:
+        restorer.restore(checkpoint).expect_partial()
     return model, hps, metadata
