@@ -90,7 +90,8 @@ class Export:
 
     @property
     def max_seq_len(self) -> int:
-        return int(self.metadata["max_seq_len"])
+        """The model's N_max (exports before `n_max` was recorded: the records' max_seq_len)."""
+        return int(self.metadata.get("n_max", self.metadata["max_seq_len"]))
 
     @property
     def z_size(self) -> int | None:

@@ -7,7 +7,9 @@ sketch's end are (0, 0, 0, 0, 1).
 
 L_s = -log sum_k pi_k N(dx, dy | mu_k, sigma_k, rho_k), masked after the sketch's end (where
 the target's p3 = 1); L_p = cross entropy of the pen state over all T steps. Both are summed
-over time and divided by T (the reference's N_max), then averaged over the batch.
+over time and divided by N_max (the reference's divisor), then averaged over the batch. N_max is
+`max_seq_len` when given (a batch trimmed to T < N_max rows keeps the reference's scale: only
+padding rows were cut), else T (a batch padded to N_max, as the reference feeds it).
 """
 
 from __future__ import annotations
@@ -58,14 +60,16 @@ def bivariate_log_density(dx: tf.Tensor, dy: tf.Tensor, mu_x: tf.Tensor, mu_y: t
 
 
 def per_example_reconstruction_loss(targets: tf.Tensor, outputs: tf.Tensor, num_mixture: int,
-                                    mask_pen_loss: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
-    """Per-sketch (L_s, L_p), each `[B]`: the sum over the T steps divided by T.
+                                    mask_pen_loss: bool = False, max_seq_len: int | None = None
+                                    ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per-sketch (L_s, L_p), each `[B]`: the sum over the T steps divided by N_max.
 
     Args:
       targets: stroke-5 `[B, T, 5]` (S_1..S_T).
       outputs: raw decoder outputs `[B, T, 6M+3]`.
       num_mixture: M.
       mask_pen_loss: also mask L_p after the sketch's end (the reference does this in eval mode).
+      max_seq_len: the divisor N_max; None divides by T (targets padded to N_max).
     """
     targets = tf.cast(targets, tf.float32)
     outputs = tf.cast(outputs, tf.float32)
@@ -80,14 +84,17 @@ def per_example_reconstruction_loss(targets: tf.Tensor, outputs: tf.Tensor, num_
     l_p_steps = tf.nn.softmax_cross_entropy_with_logits(labels=pen_targets, logits=p["pen_logits"])
     if mask_pen_loss:
         l_p_steps = l_p_steps * mask
-    t = tf.cast(tf.shape(targets)[1], tf.float32)
+    t = tf.cast(tf.shape(targets)[1] if max_seq_len is None else max_seq_len, tf.float32)
     return tf.reduce_sum(l_s_steps, axis=1) / t, tf.reduce_sum(l_p_steps, axis=1) / t
 
 
 def reconstruction_loss(targets: tf.Tensor, outputs: tf.Tensor, num_mixture: int,
-                        mask_pen_loss: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
-    """(L_s, L_p) scalars: sums over batch and steps divided by B * T, as in the reference."""
-    l_s, l_p = per_example_reconstruction_loss(targets, outputs, num_mixture, mask_pen_loss)
+                        mask_pen_loss: bool = False, max_seq_len: int | None = None
+                        ) -> tuple[tf.Tensor, tf.Tensor]:
+    """(L_s, L_p) scalars: sums over batch and steps divided by B * N_max, as in the reference
+    (N_max = `max_seq_len`, or T when None)."""
+    l_s, l_p = per_example_reconstruction_loss(targets, outputs, num_mixture, mask_pen_loss,
+                                               max_seq_len)
     return tf.reduce_mean(l_s), tf.reduce_mean(l_p)
 
 

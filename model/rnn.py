@@ -16,6 +16,8 @@ to 1), so the plain cell runs through the cuDNN kernel on a GPU when the conditi
 
 from __future__ import annotations
 
+import random
+
 import keras
 import tensorflow as tf
 
@@ -30,6 +32,20 @@ def _layer_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: float 
     mean, var = tf.nn.moments(x32, axes=[-1], keepdims=True)
     y = (x32 - mean) * tf.math.rsqrt(var + epsilon)
     return tf.cast(y, x.dtype) * gamma + beta
+
+
+def per_gate_orthogonal(shape, dtype=None):
+    """`[H, 4H]` recurrent kernel made of four independent orthogonal `[H, H]` blocks, one per
+    gate, as the reference's `lstm_ortho_initializer` (a single orthogonal `[H, 4H]` matrix has
+    per-gate singular values 0.5 instead of 1)."""
+    rows, cols = int(shape[0]), int(shape[1])
+    if cols % 4:
+        raise ValueError(f"per-gate orthogonal init needs a [H, 4H] shape, got {shape}")
+    # Four independently seeded initializers (an unseeded Keras initializer repeats its values);
+    # the seeds come from Python's RNG, which keras.utils.set_random_seed fixes.
+    blocks = [keras.initializers.Orthogonal(seed=random.randint(1, 2**31 - 1))((rows, cols // 4))
+              for _ in range(4)]
+    return tf.cast(tf.concat(blocks, axis=1), dtype or "float32")
 
 
 class LSTM(keras.layers.Layer):
@@ -54,7 +70,7 @@ class LSTM(keras.layers.Layer):
         d = int(input_shape[-1])
         self.kernel = self.add_weight(name="kernel", shape=(d, 4 * h), initializer="glorot_uniform")
         self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=(h, 4 * h),
-                                                initializer="orthogonal")
+                                                initializer=per_gate_orthogonal)
 
         def bias_init(shape, dtype=None):
             # Forget gate bias 1 (the reference adds forget_bias=1.0 inside its cell).

@@ -32,6 +32,18 @@ METADATA_KEYS = ("format_version", "scale_factor", "max_seq_len", "classes", "co
                  "lines_read", "rejected", "rdp_epsilon", "sources")
 
 
+def n_max(metadata: dict[str, Any]) -> int:
+    """N_max of a data set: its longest written sketch (`longest_sketch`, the reference's
+    `get_max_len` over all splits), never above the records' padding `max_seq_len` (the filter
+    cap). Data written before `longest_sketch` existed falls back to `max_seq_len`.
+
+    The trainer pads or trims to it, the loss divides by it, sampling runs at most N_max steps.
+    """
+    cap = int(metadata["max_seq_len"])
+    longest = metadata.get("longest_sketch")
+    return cap if not longest else min(int(longest), cap)
+
+
 def split_pattern(data_dir: str, split: str) -> str:
     """Glob pattern of one split's shards, e.g. `gs://b/d/train-*.tfrecord.gz`."""
     if split not in SPLITS:

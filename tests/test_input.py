@@ -37,8 +37,11 @@ def sample_sketches(sample_dir: pathlib.Path, limit: int = 120, step: int = 6) -
 
 
 def write_dataset(out_dir: pathlib.Path, sketches: list[np.ndarray], max_len: int | None = None,
-                  shards: int = 2) -> dict:
-    """Writes train/valid/test GZIP TFRecords + metadata.json like the pipeline does."""
+                  shards: int = 2, record_longest: bool = False) -> dict:
+    """Writes train/valid/test GZIP TFRecords + metadata.json like the pipeline does.
+
+    `max_len`: the records' padding (the filter cap); `record_longest`: also write
+    `longest_sketch` (N_max) as the pipeline does (without it N_max falls back to max_len)."""
     sketches = [s for s in sketches if len(s) >= 2]
     max_len = max_len or max(len(s) for s in sketches)
     sketches = [s for s in sketches if len(s) <= max_len]
@@ -60,6 +63,8 @@ def write_dataset(out_dir: pathlib.Path, sketches: list[np.ndarray], max_len: in
                 "max_seq_len": max_len, "classes": ["x"],
                 "counts": {k: len(v) for k, v in splits.items()}, "lines_read": len(sketches),
                 "rejected": 0, "rdp_epsilon": 2.0, "sources": ["test"]}
+    if record_longest:
+        metadata["longest_sketch"] = max(len(s) for s in sketches)
     schema.write_metadata(str(out_dir), metadata)
     return metadata
 
@@ -164,11 +169,13 @@ def test_make_dataset_trims_without_cutting(tmp_path, sketches):
     for batch in ds.take(12):
         strokes, lengths = batch["strokes"].numpy(), batch["lengths"].numpy()
         assert strokes.shape[0] == 8
-        assert strokes.shape[1] == lengths.max()  # Trimmed to the longest, never shorter.
+        # Trimmed to the longest + its end row (never beyond N_max), never shorter.
+        assert strokes.shape[1] == min(lengths.max() + 1, n_max)
         widths.append(strokes.shape[1])
         for s, n in zip(strokes, lengths):
             assert np.all(s[:n, 4] == 0) and s[n - 1, 3] == 1
             assert np.all(s[n:] == [0, 0, 0, 0, 1])
+            assert n == n_max or s[n, 4] == 1  # Every sketch keeps its end-of-sketch target.
     assert min(widths) < n_max
     full = input_lib.make_dataset(str(tmp_path), "valid", hps.replace(trim_batches=False), metadata,
                                   batch_size=4, training=False)
@@ -177,6 +184,22 @@ def test_make_dataset_trims_without_cutting(tmp_path, sketches):
         assert batch["strokes"].shape[1] == n_max
         count += batch["lengths"].shape[0]
     assert count == metadata["counts"]["valid"]  # Evaluation sees every sketch once.
+
+
+def test_n_max_is_the_longest_sketch_not_the_padding(tmp_path, sketches):
+    """Records padded to a cap of 250 rows; N_max = the longest sketch (the reference's
+    get_max_len) sets the untrimmed width and bounds the trimmed one."""
+    metadata = write_dataset(tmp_path, sketches, max_len=250, record_longest=True)
+    longest = metadata["longest_sketch"]
+    assert longest < 250 and schema.n_max(metadata) == longest
+    assert schema.n_max({"max_seq_len": 250}) == 250  # Older metadata: the padding.
+    hps = HParams.preset("tiny")
+    for trim in (False, True):
+        ds = input_lib.make_dataset(str(tmp_path), "train", hps.replace(trim_batches=trim), metadata,
+                                    batch_size=8, training=True, seed=2)
+        for batch in ds.take(5):
+            width, top = batch["strokes"].shape[1], int(batch["lengths"].numpy().max())
+            assert width == (min(top + 1, longest) if trim else longest)
 
 
 def test_same_seed_same_batches(tmp_path, sketches):
@@ -205,7 +228,8 @@ def test_bucketed_batches_group_lengths_and_keep_every_point(tmp_path, sketches)
         assert len(lengths) == 4
         # One bucket per batch: all lengths within one BUCKET_WIDTH-wide interval.
         assert lengths.max() - lengths.min() < input_lib.BUCKET_WIDTH
-        assert batch["strokes"].shape[1] == lengths.max()  # Trimmed, nothing real cut.
+        # Trimmed, nothing real cut (N_max = the longest sketch here).
+        assert batch["strokes"].shape[1] == min(lengths.max() + 1, metadata["max_seq_len"])
         s = batch["strokes"].numpy()
         for row, n in zip(s, lengths):
             assert np.all(row[:n, 4] == 0)

@@ -83,6 +83,41 @@ def test_reconstruction_loss_matches_numpy(extreme, mask_pen):
     np.testing.assert_allclose(float(l_p), ref_p, rtol=1e-5, atol=1e-5)
 
 
+def test_trimmed_batch_divides_by_n_max():
+    """A batch padded to N_max and the same batch trimmed to T < N_max give the same L_s when the
+    trimmed one divides by N_max; L_p differs exactly by the cut padding rows' pen loss."""
+    rng = np.random.default_rng(7)
+    targets, outputs = random_batch(rng, b=5, t=10)
+    n_max = 16
+    pad_t = np.zeros([5, n_max - 10, 5], np.float32)
+    pad_t[..., 4] = 1
+    pad_o = rng.normal(0, 1, size=[5, n_max - 10, 6 * M + 3]).astype(np.float32)
+    full_t, full_o = np.concatenate([targets, pad_t], 1), np.concatenate([outputs, pad_o], 1)
+    ref_s, ref_p = np_reconstruction(full_t, full_o, M)  # Divides by N_max = 16.
+    l_s, l_p = losses.reconstruction_loss(targets, outputs, M, max_seq_len=n_max)
+    np.testing.assert_allclose(float(l_s), ref_s, rtol=1e-5)
+    cut_p = np_reconstruction(pad_t, pad_o, M)[1] * (n_max - 10) / n_max
+    np.testing.assert_allclose(float(l_p), ref_p - cut_p, rtol=1e-5)
+    # Without the keyword the divisor is the targets' T (10), as before.
+    np.testing.assert_allclose(float(losses.reconstruction_loss(targets, outputs, M)[0]),
+                               ref_s * n_max / 10, rtol=1e-5)
+
+
+def test_recurrent_kernel_is_orthogonal_per_gate():
+    """The reference's lstm_ortho_initializer: each [H, H] gate block orthogonal (singular values
+    1), the blocks independent (a single orthogonal [H, 4H] has per-gate singular values 0.5)."""
+    from model.rnn import LSTM
+
+    layer = LSTM(24)
+    layer.build((None, None, 5))
+    w = layer.recurrent_kernel.numpy()
+    blocks = [w[:, i * 24:(i + 1) * 24] for i in range(4)]
+    for blk in blocks:
+        np.testing.assert_allclose(np.linalg.svd(blk)[1], np.ones(24), atol=1e-5)
+    assert np.abs(blocks[0].T @ blocks[1]).max() > 0.05  # Not the same block (nor orthogonal to it).
+    assert not np.allclose(blocks[0], blocks[2])
+
+
 def test_log_density_finite_where_tanh_saturates():
     # tanh(12) == 1 in float32: the naive 1 - rho^2 is 0 and its log -inf.
     x = tf.constant([12.0, -12.0, 30.0])

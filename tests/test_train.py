@@ -111,7 +111,8 @@ def test_train_mirrored_resume_export(tmp_path, sample_dir):
     assert steps == list(range(41, 51))  # Continues at the saved step.
     export = pathlib.Path(second["export_path"])
     assert (export / "saved_model.pb").exists()
-    assert json.loads((export / "assets.extra" / "metadata.json").read_text()) == metadata
+    assert json.loads((export / "assets.extra" / "metadata.json").read_text()) == {
+        **metadata, "n_max": metadata["max_seq_len"]}
 
     probe = sketches[0]
     out = run_script(tmp_path, LOAD_SCRIPT, export, json.dumps(probe.tolist()), project=False)
@@ -242,3 +243,66 @@ def test_two_replicas_update_like_one_device(tmp_path, sample_dir):
         np.testing.assert_allclose(after_two, after_one, atol=2e-5, err_msg=name)
         if name.startswith("model/"):
             assert not np.allclose(after_one, after_step1), f"{name} did not change from step 1 to 3"
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_metrics_file_holds_the_reference_loss_terms(tmp_path, sample_dir):
+    """MODEL_DIR/metrics.jsonl: train lines with the KL weight and floor the step really used,
+    validation cost as the reference's, test at the end; a resumed run appends."""
+    from model.hparams import HParams
+    from trainer.train import train_and_evaluate
+
+    write_dataset(tmp_path / "d", sample_sketches(sample_dir, limit=40), shards=1)
+    hps = HParams.preset("tiny").replace(batch_size=4, kl_tolerance=0.05)
+    run = tmp_path / "run"
+    kw = dict(checkpoint_every=2, eval_every=2, log_every=2, export=False, log=lambda s: None)
+    train_and_evaluate(str(tmp_path / "d"), str(run), hps, 4, "one_device", **kw)
+    first = _metrics(run)
+    assert [(m["split"], m["step"]) for m in first] == [
+        ("train", 2), ("valid", 2), ("train", 4), ("valid", 4), ("test", 4)]
+    for m in first:
+        assert {"split", "step", "recon", "l_s", "l_p", "kl", "kl_floored", "cost", "wall_s"} <= set(m)
+        assert m["recon"] == pytest.approx(m["l_s"] + m["l_p"], rel=1e-5)
+        assert m["kl_floored"] >= hps.kl_tolerance - 1e-7
+    for m in first:
+        if m["split"] == "train":
+            # The weight of step N (0-based N - 1), from the reference's formula, not our schedule code.
+            w = hps.kl_weight - (hps.kl_weight - hps.kl_weight_start) * hps.kl_decay_rate ** (m["step"] - 1)
+            assert m["kl_weight"] == pytest.approx(w, rel=1e-5)
+            assert m["kl_floored"] == pytest.approx(max(m["kl"], hps.kl_tolerance), rel=1e-5)
+            assert m["cost"] == pytest.approx(m["recon"] + w * m["kl_floored"], rel=1e-5)
+            assert m["sketches_per_s"] > 0
+        else:  # Validation / test: the reference's eval cost (its eval KL weight stays at the start).
+            assert m["kl_floored"] >= m["kl"] - 1e-6 or m["kl_floored"] >= hps.kl_tolerance
+            assert m["cost"] == pytest.approx(m["recon"] + hps.kl_weight_start * m["kl_floored"], rel=1e-5)
+    train_and_evaluate(str(tmp_path / "d"), str(run), hps, 6, "one_device", **kw)
+    second = _metrics(run)
+    assert second[:len(first)] == first  # Appended, nothing rewritten.
+    assert [(m["split"], m["step"]) for m in second[len(first):]] == [
+        ("train", 6), ("valid", 6), ("test", 6)]
+    assert second[len(first)]["wall_s"] > first[-1]["wall_s"]  # Training time adds up over runs.
+
+
+def test_trimming_changes_speed_not_the_loss(tmp_path, sample_dir):
+    """The same first step padded to N_max and trimmed: identical L_s and KL (both divide by N_max);
+    L_p differs only by the cut padding rows' pen loss (small, positive)."""
+    import keras
+    from model.hparams import HParams
+    from trainer.train import train_and_evaluate
+
+    write_dataset(tmp_path / "d", sample_sketches(sample_dir, limit=40), shards=1)
+    hps = HParams.preset("tiny").replace(batch_size=4, augment_stroke_prob=0.0, random_scale_factor=0.0,
+                                         use_recurrent_dropout=False)
+    got = {}
+    for trim in (False, True):
+        keras.utils.set_random_seed(3)
+        r = train_and_evaluate(str(tmp_path / "d"), str(tmp_path / f"run{trim}"), hps.replace(trim_batches=trim),
+                               1, "one_device", eval_every=0, log_every=1, export=False, test_at_end=False,
+                               log=lambda s: None)
+        got[trim] = r["train"]
+    assert got[True]["l_s"] == pytest.approx(got[False]["l_s"], rel=1e-5)
+    assert got[True]["kl"] == pytest.approx(got[False]["kl"], rel=1e-5)
+    assert 0 < got[False]["l_p"] - got[True]["l_p"] < 0.5 * got[False]["l_p"]

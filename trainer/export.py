@@ -21,6 +21,7 @@ from typing import Any
 import tensorflow as tf
 
 from model.hparams import HParams
+from pipeline import schema
 
 
 def stroke3_to_stroke5_tf(strokes3: tf.Tensor, lengths: tf.Tensor, scale: float) -> tf.Tensor:
@@ -56,7 +57,7 @@ class SketchModule(tf.Module):
         super().__init__(name="sketch_rnn")
         self.model = model
         self.scale = float(metadata["scale_factor"])
-        self.max_len = int(metadata["max_seq_len"])
+        self.max_len = schema.n_max(metadata)  # Sampling runs at most N_max steps.
         self.conditional = hps.conditional
         self.z_size = hps.z_size
         jit = True if xla else None
@@ -121,5 +122,6 @@ def export_saved_model(model, hps: HParams, metadata: dict[str, Any], export_bas
     with tf.io.gfile.GFile(os.path.join(extra, "hparams.json"), "w") as f:
         f.write(hps.to_json())
     with tf.io.gfile.GFile(os.path.join(extra, "metadata.json"), "w") as f:
-        f.write(json.dumps(metadata, indent=2, sort_keys=True))
+        # n_max: the length the signatures sample to (and the longest input they take).
+        f.write(json.dumps({**metadata, "n_max": module.max_len}, indent=2, sort_keys=True))
     return path

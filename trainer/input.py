@@ -1,8 +1,9 @@
 """tf.data input function over the pipeline's TFRecords (local paths or gs://).
 
 One element of the dataset returned by `make_dataset` is a batch dict:
-  strokes  float32 `[B, T, 5]` normalized stroke-5 (T = the batch's longest sketch when trimming,
-           else N_max), rows from `lengths[b]` on are (0, 0, 0, 0, 1);
+  strokes  float32 `[B, T, 5]` normalized stroke-5 (T = N_max, the data's longest sketch, or
+           with trimming min(the batch's longest + 1, N_max)), rows from `lengths[b]` on are
+           (0, 0, 0, 0, 1);
   lengths  int32 `[B]`.
 Memory does not grow with the dataset: files are streamed through an interleave and a bounded
 shuffle buffer; nothing is cached.
@@ -23,24 +24,30 @@ BUCKET_WIDTH = 25  # Points per length bucket with hps.bucket_batches.
 
 
 def trim_batch(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """Cuts `strokes` `[B, N, 5]` to `[B, max(lengths), 5]`: only padding rows are removed.
+    """Cuts `strokes` `[B, N_max, 5]` to `[B, T, 5]`, T = min(max(lengths) + 1, N_max): only
+    padding rows are removed, and every sketch keeps its real rows and its first end-of-sketch
+    row (the p3 target; a sketch of exactly N_max points has none, as in the reference).
 
-    The model (and its loss) see T = max(lengths) instead of N_max; every sketch keeps all its
-    real rows, the shorter ones keep their (0, 0, 0, 0, 1) padding up to T.
+    A speed lever only: the loss still divides by N_max, so what is learned differs from the
+    untrimmed batch only by the pen loss of the cut padding rows (predicting p3 again).
     """
-    t = tf.maximum(tf.reduce_max(batch["lengths"]), 1)
+    n = tf.shape(batch["strokes"])[1]
+    t = tf.minimum(tf.reduce_max(batch["lengths"]) + 1, n)
     return {**batch, "strokes": batch["strokes"][:, :t]}
 
 
 def parse_and_augment(serialized: tf.Tensor, seed: tf.Tensor | None, max_seq_len: int,
-                      hps: HParams, training: bool) -> dict[str, tf.Tensor]:
-    """One serialized Example -> {strokes `[N_max, 5]`, lengths int32 scalar}."""
+                      hps: HParams, training: bool, n_max: int | None = None
+                      ) -> dict[str, tf.Tensor]:
+    """One serialized Example (padded to `max_seq_len` rows) -> {strokes `[N_max, 5]`, lengths
+    int32 scalar}; rows past N_max (`n_max`, the longest sketch) are padding and are dropped."""
+    n_max = n_max or max_seq_len
     parsed = schema.parse_example(serialized, max_seq_len)
-    strokes, length = parsed[schema.STROKES], parsed[schema.LENGTH]
+    strokes, length = parsed[schema.STROKES][:n_max], parsed[schema.LENGTH]
     if training and seed is not None:
         strokes, length = augment_lib.augment(strokes, length, hps.random_scale_factor,
                                               hps.augment_stroke_prob, seed)
-    strokes = tf.ensure_shape(strokes, [max_seq_len, 5])
+    strokes = tf.ensure_shape(strokes, [n_max, 5])
     return {"strokes": strokes, "lengths": length}
 
 
@@ -54,7 +61,7 @@ def make_dataset(data_dir: str, split: str, hps: HParams, metadata: dict[str, An
       data_dir: directory (or gs:// prefix) with `{split}-*.tfrecord.gz` and metadata.json.
       split: "train", "valid" or "test".
       hps: hyperparameters (augmentation, trim_batches).
-      metadata: the data's metadata.json (for max_seq_len).
+      metadata: the data's metadata.json (max_seq_len of the records, N_max = schema.n_max).
       batch_size: batch size of THIS input pipeline (per replica under a strategy).
       training: shuffle, augment, repeat forever and drop the last partial batch.
       seed: fixes file order, shuffling and augmentation.
@@ -62,6 +69,7 @@ def make_dataset(data_dir: str, split: str, hps: HParams, metadata: dict[str, An
       repeat: override the repeat-forever default of `training`.
     """
     max_seq_len = int(metadata["max_seq_len"])
+    n_max = schema.n_max(metadata)
     pattern = schema.split_pattern(data_dir, split)
     files = tf.io.gfile.glob(pattern)
     if not files:
@@ -94,14 +102,14 @@ def make_dataset(data_dir: str, split: str, hps: HParams, metadata: dict[str, An
         pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
         seeds = tf.data.Dataset.random(seed=seed * 1000 + pipeline_id).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda s, k: parse_and_augment(s, k, max_seq_len, hps, True),
+            lambda s, k: parse_and_augment(s, k, max_seq_len, hps, True, n_max),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
-        ds = ds.map(lambda s: parse_and_augment(s, None, max_seq_len, hps, False),
+        ds = ds.map(lambda s: parse_and_augment(s, None, max_seq_len, hps, False, n_max),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if training and hps.bucket_batches:
         # Buckets every BUCKET_WIDTH points; the shuffle buffer above keeps the batches varied.
-        bounds = list(range(BUCKET_WIDTH + 1, max_seq_len + 1, BUCKET_WIDTH))
+        bounds = list(range(BUCKET_WIDTH + 1, n_max + 1, BUCKET_WIDTH))
         ds = ds.bucket_by_sequence_length(lambda e: e["lengths"], bounds,
                                           [batch_size] * (len(bounds) + 1), drop_remainder=True)
     else:

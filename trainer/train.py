@@ -35,7 +35,7 @@ from trainer import input as input_lib
 
 STRATEGIES = ("mirrored", "multiworker", "one_device")
 FLOAT16_LOSS_SCALE = 1024.0  # Static loss scale for mixed_float16 (gradients are unscaled before clipping).
-EVAL_KL_WEIGHT = 1.0  # As the reference's evaluate_model: validation cost = L_R + 1.0 * max(L_KL, tol).
+METRICS_FILE = "metrics.jsonl"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -174,7 +174,7 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
 
     log = log or (lambda s: print(s, flush=True))
     metadata = schema.read_metadata(data_dir)
-    max_len = int(metadata["max_seq_len"])
+    max_len = schema.n_max(metadata)  # N_max: padding, loss divisor and sampling length.
     if isinstance(strategy, str):
         strategy = select_strategy(strategy)
     chief = is_chief(strategy)
@@ -230,7 +230,8 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
         with tf.GradientTape() as tape:
             out = model(batch, training=True)
             l_s, l_p = losses.per_example_reconstruction_loss(
-                batch["strokes"], tf.cast(out["outputs"], tf.float32), hps.num_mixture)
+                batch["strokes"], tf.cast(out["outputs"], tf.float32), hps.num_mixture,
+                max_seq_len=max_len)
             recon = tf.nn.compute_average_loss(l_s + l_p, global_batch_size=global_batch)
             local = tf.cast(tf.shape(l_s)[0], tf.float32) / global_batch
             if conditional:
@@ -239,6 +240,7 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
                 kl_term = losses.floored_kl(kl, hps.kl_tolerance) * local
             else:
                 kl = kl_term = tf.constant(0.0)
+                local = tf.constant(0.0)
             loss = recon + kl_w * kl_term
             scaled = loss * loss_scale  # Inside the tape: a product taken outside has no gradient.
         grads = tape.gradient(scaled, variables)
@@ -247,7 +249,8 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
             raise ValueError(f"no gradient reaches {missing}: the loss does not depend on them")
         metrics = {"cost": loss, "recon": recon, "l_s": tf.nn.compute_average_loss(
             l_s, global_batch_size=global_batch), "l_p": tf.nn.compute_average_loss(
-            l_p, global_batch_size=global_batch), "kl": kl * local}
+            l_p, global_batch_size=global_batch), "kl": kl * local, "kl_floored": kl_term,
+            "kl_weight": kl_w * local}
         return grads, metrics
 
     forward_fn = tf.function(forward, jit_compile=True) if hps.jit_compile else forward
@@ -273,12 +276,17 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
     def eval_replica(batch):
         out = model(batch, training=False)
         l_s, l_p = losses.per_example_reconstruction_loss(
-            batch["strokes"], tf.cast(out["outputs"], tf.float32), hps.num_mixture)
+            batch["strokes"], tf.cast(out["outputs"], tf.float32), hps.num_mixture,
+            max_seq_len=max_len)
+        count = tf.cast(tf.shape(l_s)[0], tf.float32)
         sums = {"recon": tf.reduce_sum(l_s + l_p), "l_s": tf.reduce_sum(l_s),
-                "l_p": tf.reduce_sum(l_p), "count": tf.cast(tf.shape(l_s)[0], tf.float32)}
+                "l_p": tf.reduce_sum(l_p), "count": count}
         if conditional:
-            sums["kl"] = tf.reduce_sum(losses.per_example_kl_loss(
-                tf.cast(out["mu"], tf.float32), tf.cast(out["sigma_hat"], tf.float32)))
+            kl = losses.per_example_kl_loss(tf.cast(out["mu"], tf.float32),
+                                            tf.cast(out["sigma_hat"], tf.float32))
+            sums["kl"] = tf.reduce_sum(kl)
+            # The reference floors each batch's mean KL (weighted here by the batch's size).
+            sums["kl_floored"] = losses.floored_kl(tf.reduce_mean(kl), hps.kl_tolerance) * count
         return sums
 
     # Evaluation runs outside the replicas on each worker's primary copy of the weights, over
@@ -289,7 +297,10 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
         "lengths": tf.TensorSpec([None], tf.int32)}])
 
     def evaluate(split: str) -> dict[str, float]:
-        """Mean L_s, L_p, L_R, raw L_KL over the split; cost = L_R + 1.0 * max(L_KL, tol)."""
+        """Mean L_s, L_p, L_R (all / N_max), raw KL, floored KL (per batch, as the reference) over
+        the split; cost = L_R + kl_weight_start * kl_floored, the reference's validation cost
+        (its eval graph's KL weight is a variable that is never fed, so it stays at
+        kl_weight_start); the best checkpoint is the one with the lowest cost."""
         if int(metadata["counts"].get(split, 0)) == 0:
             return {}
         batches = input_lib.make_dataset(data_dir, split, hps, metadata, global_batch, False)
@@ -299,14 +310,26 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
                 totals[k] = totals.get(k, 0.0) + float(v)
         n = max(totals.pop("count", 0.0), 1.0)
         result = {k: v / n for k, v in totals.items()}
-        kl = result.get("kl", 0.0)
-        result["cost"] = result["recon"] + (EVAL_KL_WEIGHT * max(kl, hps.kl_tolerance) if conditional else 0.0)
+        result["cost"] = result["recon"] + hps.kl_weight_start * result.get("kl_floored", 0.0)
         return result
 
     writers = {}
     if chief:
         writers = {k: tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", k))
                    for k in ("train", "valid", "test")}
+
+    metrics_path = os.path.join(model_dir, METRICS_FILE)
+    wall_offset = _last_wall_s(metrics_path) if chief else 0.0
+    process_start = time.time()
+
+    def record(split: str, values: dict[str, float], at: int, **extra) -> None:
+        """One line of MODEL_DIR/metrics.jsonl (appended; a resumed run continues the file)."""
+        if not chief:
+            return
+        line = {"split": split, "step": int(at), **{k: float(v) for k, v in values.items()},
+                **extra, "wall_s": round(wall_offset + time.time() - process_start, 3)}
+        with tf.io.gfile.GFile(metrics_path, "a") as f:
+            f.write(json.dumps(line, sort_keys=True) + "\n")
 
     def summarize(kind: str, values: dict[str, float], at: int) -> None:
         if not chief:
@@ -349,7 +372,6 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
             if current % log_every == 0 or current == steps:
                 last = {k: float(v) for k, v in metrics.items()}
                 last["lr"] = float(optimizer.learning_rate)
-                last["kl_weight"] = float(schedules.kl_weight(tf.constant(current - 1, tf.float32), hps))
                 elapsed = time.time() - t0
                 rate = (current - s0) * global_batch / max(elapsed, 1e-9)
                 eta = (steps - current) * global_batch / max(rate, 1e-9)
@@ -358,14 +380,16 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
                     f"w_kl {last['kl_weight']:.4f} lr {last['lr']:.2e} {rate:.1f} sketches/s "
                     f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
                 summarize("train", {**last, "sketches_per_s": rate}, current)
+                record("train", last, current, sketches_per_s=round(rate, 3))
             if current % checkpoint_every == 0:
                 save("periodic")
             if eval_every and current % eval_every == 0:
                 valid = evaluate("valid")
                 if valid:
                     log(f"valid step {current}: cost {valid['cost']:.4f} recon {valid['recon']:.4f} "
-                        f"kl {valid.get('kl', 0.0):.4f} (eval KL weight {EVAL_KL_WEIGHT})")
+                        f"kl {valid.get('kl_floored', 0.0):.4f} (raw {valid.get('kl', 0.0):.4f})")
                     summarize("valid", valid, current)
+                    record("valid", valid, current)
                     if valid["cost"] < float(best_cost.numpy()):
                         best_cost.assign(valid["cost"])
                         best_manager.save(checkpoint_number=current)
@@ -384,8 +408,9 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
         result["test"] = evaluate("test")
         if result["test"]:
             log(f"test: cost {result['test']['cost']:.4f} recon {result['test']['recon']:.4f} "
-                f"kl {result['test'].get('kl', 0.0):.4f}")
+                f"kl {result['test'].get('kl_floored', 0.0):.4f} (raw {result['test'].get('kl', 0.0):.4f})")
             summarize("test", result["test"], current)
+            record("test", result["test"], current)
     for w in writers.values():
         w.flush()
     if export and chief:
@@ -394,6 +419,20 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
                                                    export_dir or os.path.join(model_dir, "export"))
         log(f"exported SavedModel to {result['export_path']}")
     return result
+
+
+def _last_wall_s(path: str) -> float:
+    """The training wall time already spent by earlier runs of this model dir (metrics.jsonl)."""
+    if not tf.io.gfile.exists(path):
+        return 0.0
+    last = 0.0
+    with tf.io.gfile.GFile(path) as f:
+        for line in f:
+            try:
+                last = max(last, float(json.loads(line).get("wall_s", 0.0)))
+            except (ValueError, AttributeError):
+                continue  # A line cut by a crash: the others still count.
+    return last
 
 
 def _ckpt_step(path: str) -> int:
@@ -417,7 +456,7 @@ def load_trained_model(model_dir: str, checkpoint: str | None = None):
         hps = HParams.from_json(f.read())
     with tf.io.gfile.GFile(os.path.join(model_dir, schema.METADATA_FILE)) as f:
         metadata = json.loads(f.read())
-    model = SketchRNN(hps, int(metadata["max_seq_len"]))
+    model = SketchRNN(hps, schema.n_max(metadata))
     model({"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2], tf.int32)}, training=False)
     restorer = tf.train.Checkpoint(model=model)
     if checkpoint in (None, "best"):
