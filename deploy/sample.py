@@ -171,7 +171,10 @@ def quickdraw_to_stroke3(drawing, where: str) -> np.ndarray:
         raise UsageError(f"{where}: bad Quick Draw drawing ({parsed.reason}): {parsed.detail}")
     xy, lengths, is_raw = parsed
     if is_raw:
-        xy, lengths = simplify.simplify(xy, lengths)
+        try:
+            xy, lengths = simplify.simplify(xy, lengths)
+        except simplify.TooComplex as e:  # Bounded work per drawing, as in the pipeline.
+            raise UsageError(f"{where}: drawing too complex to simplify: {e}") from None
     return simplify.to_stroke3(xy, lengths)
 
 

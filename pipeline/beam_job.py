@@ -1,8 +1,11 @@
 """The Beam job: composes the per-record functions of `pipeline/records.py` into a pipeline.
 
-Batch (`run_batch`):
+Batch (`build_batch`, run by `pipeline/cli.py`):
 
-    ndjson lines (ReadFromText per pattern)      .npz files (read whole, own split kept)
+    ndjson lines, as bytes                       .npz files
+    (ReadFromText per pattern; compressed files  (pipeline/safe_npz.py, own split kept)
+     by inputs.read_lines: a truncated file ->       /
+     metadata `input_errors`)                       /
           \\                                      /
            Results: Drawing | Rejection   (one per line / sketch)
               |-> rejections: dead letters -> DIR/rejected-*.jsonl; all counted by reason
@@ -10,8 +13,11 @@ Batch (`run_batch`):
               '-> drawings / scale factor (side input) -> stroke-5 -> tf.train.Example
                     -> DIR/{train,valid,test}-SSSSS-of-NNNNN.tfrecord.gz
            counts (read / written per split and word / rejected per reason) + scale factor
-              + the written file names -> DIR/metadata.json (written last, by the pipeline itself,
-                so it also exists when a Dataflow job is launched without waiting)
+              + the written file names -> DIR/metadata.json (written last, by the pipeline itself)
+
+DIR is a staging directory (`new_staging_dir`: OUTPUT/.staging-<time>-<id>/); only a job that
+succeeded is moved into OUTPUT (`promote_staging`: the earlier run's files deleted, the new ones
+moved in, metadata.json last), so a failed job never deletes or mixes with the previous output.
 
 Streaming (`build_streaming`): the same per-record functions over an unbounded PCollection of
 lines, a fixed scale factor, fixed windows, TFRecord shards per window and split.
@@ -20,10 +26,12 @@ lines, a fixed scale factor, fixed windows, TFRecord shards per window and split
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gzip
 import json
 import os
 import time
+import uuid
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
@@ -32,6 +40,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms import window
 
+from pipeline import inputs as inputs_lib
 from pipeline import records
 from pipeline.records import DEAD_LETTER, Config, Rejection
 from pipeline.schema import FORMAT_VERSION, METADATA_FILE, METADATA_KEYS, SPLITS, TFRECORD_SUFFIX
@@ -92,6 +101,8 @@ def _route_result(result, with_moments: bool):
     if isinstance(result, Rejection):
         _REJECTED.inc()
         yield beam.pvalue.TaggedOutput("rejected_keys", ("rejected", result.reason))
+        if result.reason == "corrupt_input":  # a whole file: its message goes into the metadata
+            yield beam.pvalue.TaggedOutput("rejected_keys", ("input_error", result.detail))
         if result.kind == DEAD_LETTER:
             yield beam.pvalue.TaggedOutput("dead_letters", result.to_json())
         return
@@ -176,6 +187,7 @@ def build_metadata(counts: collections.Counter, moments, scale_factor: float, sc
     split_counts = {split: 0 for split in SPLITS}
     class_counts: dict[str, dict[str, int]] = {}
     rejected: dict[str, int] = {}
+    input_errors = []
     for key, n in counts.items():
         if key[0] == "written":
             _, split, word = key
@@ -183,6 +195,8 @@ def build_metadata(counts: collections.Counter, moments, scale_factor: float, sc
             class_counts.setdefault(word, {s: 0 for s in SPLITS})[split] += n
         elif key[0] == "rejected":
             rejected[key[1]] = rejected.get(key[1], 0) + n
+        elif key[0] == "input_error":
+            input_errors.append(key[1])
     dead = sum(n for r, n in rejected.items() if records.REASONS[r] == DEAD_LETTER)
     filtered = sum(rejected.values()) - dead
     written = sum(split_counts.values())
@@ -205,6 +219,9 @@ def build_metadata(counts: collections.Counter, moments, scale_factor: float, sc
         "accounted": written + dead + filtered == lines_read,
         "rejected": dict(sorted(rejected.items())),
         "rejection_kinds": {r: records.REASONS[r] for r in sorted(rejected)},
+        # Input files that could not be read to their end (truncated / corrupt compressed files):
+        # the CLI refuses such a run's output.
+        "input_errors": sorted(input_errors),
         "rdp_epsilon": config.rdp_epsilon,
         "split_fractions": {"train": 1.0 - config.valid_fraction - config.test_fraction,
                             "valid": config.valid_fraction, "test": config.test_fraction},
@@ -239,30 +256,142 @@ def load_metadata_file(output: str) -> dict[str, Any]:
         return json.loads(f.read().decode("utf-8"))
 
 
+def _output_patterns(directory: str) -> list[str]:
+    patterns = [FileSystems.join(directory, f"{split}-*{TFRECORD_SUFFIX}") for split in SPLITS]
+    return patterns + [FileSystems.join(directory, f"{DEAD_LETTER_PREFIX}-*{DEAD_LETTER_SUFFIX}"),
+                       FileSystems.join(directory, METADATA_FILE)]
+
+
+def output_files(directory: str) -> list[str]:
+    """The files of a batch run in `directory` (only this job's own names:
+    `{train,valid,test}-*.tfrecord.gz`, `rejected-*.jsonl`, `metadata.json`), metadata.json first."""
+    found = [m.path for r in FileSystems.match(_output_patterns(directory)) for m in r.metadata_list]
+    return sorted(found, key=lambda f: os.path.basename(f) != METADATA_FILE)
+
+
 def clear_outputs(output: str) -> list[str]:
-    """Deletes the files an earlier batch run wrote to `output` (only this job's own names:
-    `{train,valid,test}-*.tfrecord.gz`, `rejected-*.jsonl`, `metadata.json`), so that shards of an
-    earlier run with another shard count can never mix with the new ones. Returns what it deleted."""
-    patterns = [FileSystems.join(output, f"{split}-*{TFRECORD_SUFFIX}") for split in SPLITS]
-    patterns += [FileSystems.join(output, f"{DEAD_LETTER_PREFIX}-*{DEAD_LETTER_SUFFIX}"),
-                 FileSystems.join(output, METADATA_FILE)]
-    found = [m.path for r in FileSystems.match(patterns) for m in r.metadata_list]
+    """Deletes the files an earlier batch run wrote to `output` (`output_files`: only this job's
+    names; metadata.json first, so that no reader sees it beside missing shards), so that shards of
+    an earlier run with another shard count can never mix with the new ones. Returns what it deleted."""
+    found = output_files(output)
     if found:
-        FileSystems.delete(found)
+        FileSystems.delete(found[:1])
+        if found[1:]:
+            FileSystems.delete(found[1:])
     return found
+
+
+STAGING_PREFIX = ".staging-"
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def check_output(output: str) -> None:
+    """Raises ValueError (one line, saying how to fix it) unless `output` is a directory this
+    process can write to, creating it if needed. Called before the job so that a bad --output
+    costs nothing."""
+    if _is_local(output):
+        path = os.path.abspath(output)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"--output {output} is a file, not a directory; give a directory path")
+        parent = path
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise ValueError(f"--output {output}: {parent} is a file, not a directory; "
+                             "give a directory path")
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot create --output {output} ({e.strerror or e}); choose a "
+                             "directory you can write to") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"--output {output} is not writable; choose a directory you can write "
+                             "to (or fix its permissions)")
+    probe = FileSystems.join(output, f".write-test-{uuid.uuid4().hex}")
+    try:
+        with FileSystems.create(probe, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(b"")
+        FileSystems.delete([probe])
+    except Exception as e:  # noqa: BLE001 - BeamIOError, OSError, auth errors of remote stores
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot write to --output {output} ({first}); choose a directory you can "
+                         "write to") from None
+
+
+def new_staging_dir(output: str) -> str:
+    """A fresh staging directory inside `output` for one run (a hidden name, never matched by the
+    split patterns of `pipeline/schema.py`)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    return FileSystems.join(output, f"{STAGING_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}")
+
+
+def discard_staging(staging: str) -> None:
+    """Deletes a staging directory and everything in it (best effort: it may not exist)."""
+    # Local: the directory itself (deleted recursively); object stores: everything under the prefix.
+    target = staging.rstrip("/") if _is_local(staging) else staging.rstrip("/") + "/"
+    try:
+        FileSystems.delete([target])
+    except Exception:  # noqa: BLE001 - nothing there, or already gone
+        pass
+
+
+def promote_staging(staging: str, output: str) -> tuple[list[str], list[str]]:
+    """Replaces the earlier run's files in `output` by the finished job in `staging`.
+
+    Order: the old metadata.json, then the old shards and dead letters are deleted; the new shards
+    and dead letters are moved in; the new metadata.json last (the trainer reads it first, so it
+    never sees a mix). Moves are renames (copy + delete on object stores). Returns (deleted, new).
+    """
+    new = output_files(staging)
+    if not new or os.path.basename(new[0]) != METADATA_FILE:
+        raise RuntimeError(f"the job left no {METADATA_FILE} in {staging}")
+    deleted = clear_outputs(output)
+    meta, rest = new[0], new[1:]
+    if rest:
+        FileSystems.rename(rest, [FileSystems.join(output, os.path.basename(f)) for f in rest])
+    FileSystems.rename([meta], [FileSystems.join(output, METADATA_FILE)])
+    return deleted, [FileSystems.join(output, os.path.basename(f)) for f in rest + [meta]]
 
 
 # ---- inputs ---------------------------------------------------------------------------------------
 
-def classify_inputs(patterns: Sequence[str], input_format: str) -> tuple[list[str], list[str]]:
-    """Splits `--input` patterns into (ndjson patterns, npz file paths), with clear errors.
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """The `--input` patterns sorted by how they are read."""
 
-    Each pattern must match at least one file. With `auto`, `.npz` files are npz and all others
-    ndjson (optionally .gz); a pattern may not mix both.
+    ndjson: list[str]       # patterns (or files) of uncompressed ndjson: ReadFromText, splittable
+    compressed: list[str]   # compressed ndjson files: inputs.read_lines (truncation is an error)
+    npz: list[str]          # sketch-rnn .npz files
+    sources: list[str]      # the patterns as given (metadata `sources`)
+
+
+def _is_directory(path: str) -> bool:
+    if _is_local(path):
+        return os.path.isdir(path)
+    return path.endswith("/")
+
+
+def classify_inputs(patterns: Sequence[str], input_format: str) -> Inputs:
+    """Sorts `--input` patterns into ndjson patterns, compressed ndjson files and npz files, with
+    clear errors (ValueError, one line).
+
+    Each pattern must match at least one file, and no directory. With `auto`, `.npz` files are npz
+    and all others ndjson (compressed by suffix: .gz, .bz2, .xz, .lzma, .deflate, .zst); a pattern
+    may not mix npz and ndjson.
     """
-    ndjson, npz = [], []
+    ndjson, compressed, npz = [], [], []
     for pattern in patterns:
         matched = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+        dirs = [p for p in matched if _is_directory(p)]
+        if not matched and not any(c in pattern for c in "*?["):
+            inside = FileSystems.match([FileSystems.join(pattern.rstrip("/"), "*")])[0].metadata_list
+            dirs = [pattern] if inside else []
+        if dirs:
+            d = dirs[0].rstrip("/")
+            raise ValueError(f"--input {d} is a directory; give a glob such as {d}/*.ndjson")
         if not matched:
             raise ValueError(f"--input {pattern!r} matches no file; check the path or glob")
         if input_format == "npz":
@@ -271,27 +400,45 @@ def classify_inputs(patterns: Sequence[str], input_format: str) -> tuple[list[st
         is_npz = [p.endswith(".npz") for p in matched]
         if input_format == "auto" and all(is_npz):
             npz.extend(sorted(matched))
-        elif input_format == "auto" and any(is_npz):
+            continue
+        if input_format == "auto" and any(is_npz):
             raise ValueError(f"--input {pattern!r} matches both .npz and ndjson files; "
                              "give them as separate --input patterns")
-        else:
+        packed = sorted(p for p in matched
+                        if inputs_lib.compression_of(p) != CompressionTypes.UNCOMPRESSED)
+        if not packed:
             ndjson.append(pattern)
-    return ndjson, npz
+        else:  # the compressed files are read by inputs.read_lines, the others one by one
+            compressed.extend(packed)
+            ndjson.extend(sorted(set(matched) - set(packed)))
+    return Inputs(ndjson, compressed, npz, list(patterns))
 
 
 def _read_npz_file(path: str):
+    # zipfile seeks in the (seekable) stream: only the members are read, each with a size limit.
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        data = f.read()
-    yield from records.iter_npz(path, data)
+        yield from records.iter_npz(path, f)
 
 
 def build_batch(p: beam.Pipeline, ndjson_patterns: Sequence[str], npz_paths: Sequence[str],
                 output: str, config: Config, scale_factor: float | None = None,
-                num_shards: int = 0) -> None:
-    """Adds the whole batch job to pipeline `p` (sources, `Preprocess`, sinks, metadata)."""
-    sources = list(ndjson_patterns) + list(npz_paths)
-    inputs = [p | f"ReadNdjson[{i}]" >> beam.io.ReadFromText(pat)
+                num_shards: int = 0, compressed_paths: Sequence[str] = (),
+                sources: Sequence[str] | None = None) -> None:
+    """Adds the whole batch job to pipeline `p` (sources, `Preprocess`, sinks, metadata).
+
+    `output` is the directory written (the CLI gives a staging directory). ndjson lines are read as
+    bytes (`records.decode_line` decodes them: a bad byte is one dead letter, not a failed job);
+    `compressed_paths` are read by `inputs.read_lines` (a truncated file: metadata `input_errors`).
+    """
+    if sources is None:
+        sources = list(ndjson_patterns) + list(compressed_paths) + list(npz_paths)
+    sources = list(sources)
+    inputs = [p | f"ReadNdjson[{i}]" >> beam.io.ReadFromText(pat, coder=beam.coders.BytesCoder())
               for i, pat in enumerate(ndjson_patterns)]
+    if compressed_paths:
+        inputs.append(p | "CompressedFiles" >> beam.Create(list(compressed_paths))
+                      | "SpreadCompressedFiles" >> beam.Reshuffle()
+                      | "ReadCompressed" >> beam.FlatMap(inputs_lib.read_lines))
     if npz_paths:
         inputs.append(p | "NpzFiles" >> beam.Create(list(npz_paths))
                       | "SpreadNpzFiles" >> beam.Reshuffle()

@@ -25,7 +25,9 @@ Locally the default is --runner DirectRunner --direct_running_mode multi_process
 Outputs: DIR/{train,valid,test}-SSSSS-of-NNNNN.tfrecord.gz, DIR/rejected-*.jsonl (dead letters:
 one JSON object per bad input record with "reason", "detail" and the original "line") and
 DIR/metadata.json (scale factor, max_seq_len, classes, counts, rejection reasons, ...).
-A batch run first deletes these files (and only these) from an earlier run in DIR.
+A batch run writes into DIR/.staging-*/ and, only when the job succeeded, replaces these files
+(and only these) of an earlier run in DIR; a failed run leaves DIR as it was. A truncated or
+corrupt compressed input, or inputs without a single record or kept drawing, fail the run.
 """
 
 
@@ -114,6 +116,16 @@ def _fail(parser: argparse.ArgumentParser, message: str) -> int:
     return 2
 
 
+class JobError(Exception):
+    """The batch job ran but its result is not usable (bad input file, nothing read or kept);
+    the message is one line and nothing in --output was replaced."""
+
+
+def _error(message: str) -> int:
+    print(f"sketch-rnn preprocess: error: {message}", file=sys.stderr)
+    return 1
+
+
 def print_summary(meta: dict, seconds: float, out=None) -> None:
     out = out or sys.stdout
     read = meta["lines_read"]
@@ -130,20 +142,45 @@ def print_summary(meta: dict, seconds: float, out=None) -> None:
 
 
 def run_batch(args: argparse.Namespace, config: records.Config, beam_args: list[str]) -> dict:
-    """Runs the batch job to completion and returns its metadata."""
+    """Runs the batch job to completion into a staging directory, checks its result and moves it
+    into --output (replacing the earlier run's files). Returns its metadata.
+
+    Raises ValueError for bad arguments (before the job), JobError for a job whose input is bad;
+    --output is then unchanged.
+    """
     import apache_beam as beam
 
     from pipeline import beam_job
 
-    ndjson, npz = beam_job.classify_inputs(args.input, args.format)
+    found = beam_job.classify_inputs(args.input, args.format)
+    beam_job.check_output(args.output)
     options = beam_options(beam_args)
-    stale = beam_job.clear_outputs(args.output)
-    if stale:
-        print(f"sketch-rnn preprocess: replacing {len(stale)} files of an earlier run in {args.output}",
+    staging = beam_job.new_staging_dir(args.output)
+    unchanged = f"nothing was replaced in {args.output}"
+    try:
+        with beam.Pipeline(options=options) as p:
+            beam_job.build_batch(p, found.ndjson, found.npz, staging, config, args.scale_factor,
+                                 args.num_shards, compressed_paths=found.compressed,
+                                 sources=found.sources)
+        meta = beam_job.load_metadata_file(staging)
+        errors = meta.get("input_errors") or []
+        if errors:
+            more = f" (and {len(errors) - 1} more input files)" if len(errors) > 1 else ""
+            raise JobError(f"{errors[0]}{more}; {unchanged}")
+        if meta["lines_read"] == 0:
+            raise JobError(f"no records read from {', '.join(found.sources)} (the inputs are empty); "
+                           f"{unchanged}")
+        if meta["written"] == 0:
+            reasons = ", ".join(f"{r} {n}" for r, n in meta["rejected"].items())
+            raise JobError(f"no drawings kept: all {meta['lines_read']} records read were rejected "
+                           f"({reasons}); {unchanged}")
+        deleted, _ = beam_job.promote_staging(staging, args.output)
+    finally:
+        beam_job.discard_staging(staging)
+    if deleted:
+        print(f"sketch-rnn preprocess: replaced {len(deleted)} files of an earlier run in {args.output}",
               file=sys.stderr)
-    with beam.Pipeline(options=options) as p:
-        beam_job.build_batch(p, ndjson, npz, args.output, config, args.scale_factor, args.num_shards)
-    return beam_job.load_metadata_file(args.output)
+    return meta
 
 
 def run_streaming(args: argparse.Namespace, config: records.Config, scale_factor: float,
@@ -161,8 +198,8 @@ def run_streaming(args: argparse.Namespace, config: records.Config, scale_factor
             messages = p | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=args.pubsub_subscription)
         else:
             messages = p | "ReadPubSub" >> beam.io.ReadFromPubSub(topic=args.pubsub_topic)
-        lines = messages | "Decode" >> beam.Map(lambda b: b.decode("utf-8", errors="replace"))
-        beam_job.build_streaming(lines, args.output, config, scale_factor, args.window_seconds,
+        # Pub/Sub messages are bytes; process_line decodes them strictly (bad ones: `not_utf8`).
+        beam_job.build_streaming(messages, args.output, config, scale_factor, args.window_seconds,
                                  shards=max(args.num_shards, 1))
 
 
@@ -224,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         meta = run_batch(args, config, beam_args)
     except ValueError as e:  # bad patterns and the like, found before the job starts
         return _fail(parser, str(e))
+    except JobError as e:
+        return _error(str(e))
+    except Exception:
+        print(f"sketch-rnn preprocess: error: the job failed (traceback below); nothing was replaced "
+              f"in {args.output}", file=sys.stderr)
+        raise
     print_summary(meta, time.time() - start)
     return 0
 

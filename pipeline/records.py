@@ -6,15 +6,20 @@ a `Drawing` (stroke-3 plus its split) or a `Rejection` (reason, kind, the line).
 without a runner.
 
 Rejection kinds: `dead_letter` for bad input (written with the line to `DIR/rejected-*`) and
-`filtered` for valid drawings the options exclude (too long, category, unrecognized), which are
-only counted.
+`filtered` for valid drawings the options exclude (too long, category, unrecognized) and blank
+lines, which are only counted.
+
+Hostile input is bounded before the expensive steps: lines over `MAX_LINE_BYTES` are not parsed,
+drawings over `MAX_STROKES` strokes or `MAX_POINTS` points are not converted, and simplification
+has its own bounds (`simplify.MAX_RESAMPLED_POINTS`, `simplify.MAX_RDP_WORK`); all become
+`too_complex` dead letters. `.npz` files are read by `pipeline/safe_npz.py` (never `np.load` with
+pickles).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import os
@@ -24,6 +29,7 @@ from typing import Iterator
 import numpy as np
 
 from model.strokes import stroke3_to_stroke5
+from pipeline import safe_npz
 from pipeline import simplify as simplify_lib
 from pipeline.schema import KEY_ID, LENGTH, SPLITS, STROKES, WORD
 
@@ -41,12 +47,28 @@ REASONS = {
     "empty_drawing": DEAD_LETTER,       # no points at all
     "single_point": DEAD_LETTER,        # one point, or all points at the same place
     "bad_npz_sketch": DEAD_LETTER,      # an .npz entry that is not a finite [n, 3] array
+    "unsafe_npz": DEAD_LETTER,          # an .npz whose pickle names anything but numpy arrays
+    "too_large": DEAD_LETTER,           # an .npz member over safe_npz.MAX_MEMBER_BYTES
+    "not_utf8": DEAD_LETTER,            # a line that is not UTF-8 (invalid bytes, UTF-16, NUL)
+    "too_complex": DEAD_LETTER,         # over MAX_LINE_BYTES / MAX_STROKES / MAX_POINTS or the
+                                        # simplification bounds (simplify.TooComplex)
+    "corrupt_input": DEAD_LETTER,       # a compressed input file that is truncated or corrupt
+                                        # (pipeline/inputs.py); the CLI then fails the whole run
     "too_long": FILTERED,               # more than --max-seq-len stroke-3 points
     "category_excluded": FILTERED,      # word not in --categories
     "unrecognized": FILTERED,           # --recognized-only and recognized is not true
+    "blank_line": FILTERED,             # an empty or whitespace-only line (nothing to inspect)
 }
 # Quick Draw canvases are at most a few thousand pixels; anything beyond this is corrupt data.
 MAX_ABS_COORDINATE = 1e5
+# Bounds on one input line / drawing. Over the 8,019 raw Quick Draw drawings of ../shared/data and
+# the bundled sample the maxima are 37 KB per line, 46 strokes and 1,174 points: these are 100x+.
+MAX_LINE_BYTES = 8 << 20
+MAX_STROKES = 10_000
+MAX_POINTS = 100_000
+DEAD_LETTER_PREVIEW_CHARS = 64 << 10  # of a line over MAX_LINE_BYTES, kept in its dead letter
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 FORMATS = ("auto", "raw", "simplified", "npz")
 
 
@@ -146,10 +168,17 @@ def parse_strokes(drawing, input_format: str) -> tuple[np.ndarray, np.ndarray, b
 
     if not isinstance(drawing, list):
         return reject("wrong_type", f"drawing must be a list of strokes, got {type(drawing).__name__}")
+    if len(drawing) > MAX_STROKES:
+        return reject("too_complex", f"{len(drawing):,} strokes > MAX_STROKES {MAX_STROKES:,}")
     xs, ys, lengths, arity = [], [], [], set()
+    total = 0
     for i, stroke in enumerate(drawing):
         if not isinstance(stroke, list) or len(stroke) not in (2, 3):
             return reject("wrong_type", f"stroke {i} must be [[x...], [y...]] or [[x...], [y...], [t...]]")
+        total += len(stroke[0]) if isinstance(stroke[0], list) else 0
+        if total > MAX_POINTS:  # checked before converting the stroke
+            return reject("too_complex", f"more than MAX_POINTS {MAX_POINTS:,} points "
+                                         f"({total:,} in the first {i + 1} of {len(drawing):,} strokes)")
         axes = [_number_array(axis) for axis in stroke]
         if any(a is None for a in axes):
             return reject("wrong_type", f"stroke {i} must hold lists of numbers")
@@ -176,15 +205,65 @@ def parse_strokes(drawing, input_format: str) -> tuple[np.ndarray, np.ndarray, b
     return xy, np.asarray(lengths, dtype=np.int64), is_raw
 
 
-def process_line(line: str, config: Config) -> Drawing | Rejection:
-    """One Quick Draw ndjson line (raw or simplified) -> Drawing or Rejection.
+def _as_text(raw: bytes) -> str:
+    """Bytes -> text with nothing lost: invalid UTF-8 bytes become `\\xNN` escapes."""
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def decode_line(line: bytes | str) -> str | Rejection:
+    """An input line (bytes as read, or str) -> its text, or a Rejection before any parsing.
+
+    UTF-8 only, strictly: invalid bytes, a UTF-16 byte-order mark or NUL bytes (UTF-16 text read as
+    bytes) -> `not_utf8`, with the line kept as `backslashreplace`d text. A UTF-8 byte-order mark
+    (first line of a file saved by some editors) is dropped. Longer than `MAX_LINE_BYTES` ->
+    `too_complex` (not parsed; the dead letter keeps the first `DEAD_LETTER_PREVIEW_CHARS`).
+    Empty or whitespace-only -> `blank_line` (filtered: counted, not dead-lettered).
+    """
+    if isinstance(line, str):
+        raw, text = None, line
+        size = len(line)
+    else:
+        raw = bytes(line)
+        text = None
+        size = len(raw)
+    if size > MAX_LINE_BYTES:
+        preview = (text[:DEAD_LETTER_PREVIEW_CHARS] if raw is None else
+                   _as_text(raw[:DEAD_LETTER_PREVIEW_CHARS]))
+        return Rejection("too_complex", f"a line longer than MAX_LINE_BYTES {MAX_LINE_BYTES:,} ({size:,} "
+                         f"bytes read); not parsed (the first {DEAD_LETTER_PREVIEW_CHARS:,} characters "
+                         "are kept)", preview)
+    if raw is not None:
+        if raw.startswith(_UTF8_BOM):
+            raw = raw[len(_UTF8_BOM):]
+        if raw.startswith(_UTF16_BOMS):
+            return Rejection("not_utf8", "starts with a UTF-16 byte-order mark: the file is UTF-16; "
+                             "convert it to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)", _as_text(raw))
+        nul = raw.find(0)
+        if nul >= 0:
+            return Rejection("not_utf8", f"NUL byte at {nul}: UTF-16 or binary data, "
+                             "not UTF-8 text (convert the file to UTF-8)", _as_text(raw))
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return Rejection("not_utf8", f"invalid UTF-8 at byte {e.start}: "
+                             f"{raw[e.start:e.start + 4]!r} ({e.reason})", _as_text(raw))
+    elif text.startswith("\ufeff"):
+        text = text[1:]
+    if not text.strip():
+        return Rejection("blank_line", "an empty or blank line", text)
+    return text
+
+
+def process_line(line: bytes | str, config: Config) -> Drawing | Rejection:
+    """One Quick Draw ndjson line (raw or simplified; bytes as read, or str) -> Drawing or Rejection.
 
     Raw drawings are simplified like Quick Draw's simplified set (`pipeline/simplify.py`);
     simplified ones are kept as they are. The stroke-3 of a kept drawing has at most
     `config.max_seq_len` rows.
     """
-    if isinstance(line, bytes):
-        line = line.decode("utf-8", errors="replace")
+    line = decode_line(line)
+    if isinstance(line, Rejection):
+        return line
     try:
         record = json.loads(line)
     except (ValueError, RecursionError) as e:
@@ -211,7 +290,13 @@ def process_line(line: str, config: Config) -> Drawing | Rejection:
         return Rejection("unrecognized", "recognized is not true (--recognized-only)", line)
     xy, lengths, is_raw = parsed
     if is_raw:
-        xy, lengths = simplify_lib.simplify(xy, lengths, config.rdp_epsilon)
+        if 2 * lengths.size > config.max_seq_len:  # RDP keeps both ends of every stroke
+            return Rejection("too_long", f"{lengths.size} strokes: at least {2 * lengths.size} points "
+                             f"> --max-seq-len {config.max_seq_len}", line)
+        try:
+            xy, lengths = simplify_lib.simplify(xy, lengths, config.rdp_epsilon)
+        except simplify_lib.TooComplex as e:
+            return Rejection("too_complex", str(e), line)
     strokes3 = simplify_lib.to_stroke3(xy, lengths)
     if strokes3.shape[0] > config.max_seq_len:
         return Rejection("too_long", f"{strokes3.shape[0]} points > --max-seq-len {config.max_seq_len}",
@@ -223,19 +308,26 @@ def process_line(line: str, config: Config) -> Drawing | Rejection:
 
 def process_npz_sketch(strokes3, word: str, split: str, key_id: str, config: Config
                        ) -> Drawing | Rejection:
-    """One sketch of a sketch-rnn .npz (already stroke-3) -> Drawing (its own split kept) or Rejection."""
+    """One sketch of a sketch-rnn .npz (already stroke-3) -> Drawing (its own split kept) or Rejection.
+
+    Int / float arrays are checked in their own dtype (no float64 copy of a huge sketch before the
+    length check); anything else is converted to float64 first.
+    """
     where = f"{key_id} ({word})"
-    try:
-        arr = np.asarray(strokes3, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        return Rejection("bad_npz_sketch", f"not numeric: {e}"[:200], where)
+    arr = strokes3
+    if not (isinstance(arr, np.ndarray) and safe_npz.is_numeric_dtype(arr.dtype)):
+        try:
+            arr = np.asarray(strokes3, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            return Rejection("bad_npz_sketch", f"not numeric: {e}"[:200], where)
     if arr.ndim != 2 or arr.shape[1] != 3:
         return Rejection("bad_npz_sketch", f"shape {arr.shape}, expected [n, 3]", where)
     if arr.shape[0] == 0:
         return Rejection("empty_drawing", "the sketch has no points", where)
-    if not np.isfinite(arr).all():
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         return Rejection("non_finite", "offsets include NaN or Infinity", where)
-    if np.abs(arr[:, :2]).max() > MAX_ABS_COORDINATE:
+    # min / max in the array's own dtype: np.abs of int16 -32768 would overflow
+    if max(-float(arr[:, :2].min()), float(arr[:, :2].max())) > MAX_ABS_COORDINATE:
         return Rejection("absurd_coordinates", f"|offset| > {MAX_ABS_COORDINATE:g}", where)
     if arr.shape[0] < 2:
         return Rejection("single_point", "one point", where)
@@ -248,6 +340,13 @@ def process_npz_sketch(strokes3, word: str, split: str, key_id: str, config: Con
     return Drawing(key_id, word, split, out)
 
 
+_NPZ_REASONS = {safe_npz.UnsafeNpz: "unsafe_npz", safe_npz.NpzTooLarge: "too_large"}
+
+
+def _npz_rejection(error: safe_npz.NpzError, where: str) -> Rejection:
+    return Rejection(_NPZ_REASONS.get(type(error), "bad_npz_sketch"), str(error), where)
+
+
 @dataclasses.dataclass(frozen=True)
 class NpzSketch:
     """One sketch read from a sketch-rnn .npz file, before validation."""
@@ -258,26 +357,40 @@ class NpzSketch:
     strokes3: object
 
 
-def iter_npz(path: str, data: bytes) -> Iterator[NpzSketch | Rejection]:
-    """All sketches of one sketch-rnn .npz file (its bytes), train/valid/test kept.
+def iter_npz(path: str, data, max_member_bytes: int = safe_npz.MAX_MEMBER_BYTES
+             ) -> Iterator[NpzSketch | Rejection]:
+    """All sketches of one sketch-rnn .npz file (its bytes, or a seekable binary file), splits kept.
 
-    key_id is `<file name>:<split>:<index>`, word the file name without `.npz`. A file that is not
-    a readable npz yields one `bad_npz_sketch` rejection (counted as one record read).
+    key_id is `<file name>:<split>:<index>`, word the file name without `.npz`. Read with
+    `pipeline/safe_npz.py` (never `np.load(allow_pickle=True)`). One dead letter (counted as one
+    record read) for a file that is not a readable npz or has no train/valid/test member, for a
+    member that is unsafe (`unsafe_npz`), over `max_member_bytes` (`too_large`) or not an array of
+    sketches (`bad_npz_sketch`); one `bad_npz_sketch` per element that is not an int/float array.
+    Accepted members: the sketch-rnn 1-D object array, or a numeric `[N, n, 3]` array.
     """
     name = os.path.basename(path)
     word = name[:-4] if name.endswith(".npz") else name
     try:
-        npz = np.load(io.BytesIO(data), encoding="latin1", allow_pickle=True)
-        arrays = {split: npz[split] for split in SPLITS if split in npz.files}
-    except Exception as e:  # noqa: BLE001 - any unreadable file becomes a dead letter, not a crash
-        yield Rejection("bad_npz_sketch", f"unreadable npz: {e}"[:200], path)
-        return
-    if not arrays:
-        yield Rejection("bad_npz_sketch", f"no train/valid/test arrays in {list(npz.files)}", path)
-        return
-    for split, sketches in arrays.items():
-        for i, sketch in enumerate(sketches):
-            yield NpzSketch(f"{name}:{split}:{i}", word, split, sketch)
+        for split, arr in safe_npz.iter_members(data, SPLITS, max_member_bytes):
+            where = f"{path}:{split}"
+            if isinstance(arr, safe_npz.NpzError):
+                yield _npz_rejection(arr, where)
+            elif arr.dtype != object and not (arr.ndim == 3 and arr.shape[2] == 3):
+                yield Rejection("bad_npz_sketch", f"{split}.npy is a {arr.dtype} array of shape "
+                                f"{arr.shape}; expected a 1-D object array of [n, 3] sketches", where)
+            else:
+                for i, sketch in enumerate(arr):
+                    key = f"{name}:{split}:{i}"
+                    if not isinstance(sketch, np.ndarray):
+                        yield Rejection("bad_npz_sketch", f"a {type(sketch).__name__}, not an array",
+                                        f"{key} ({word})")
+                    elif not safe_npz.is_numeric_dtype(sketch.dtype):
+                        yield Rejection("bad_npz_sketch", f"an array of dtype {sketch.dtype}, not "
+                                        "int/float", f"{key} ({word})")
+                    else:
+                        yield NpzSketch(key, word, split, sketch)
+    except safe_npz.NpzError as e:  # the whole file
+        yield _npz_rejection(e, path)
 
 
 def process_record(record, config: Config) -> Drawing | Rejection:

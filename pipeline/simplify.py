@@ -13,10 +13,18 @@ drawings and a mean point-count difference near 0):
   they coincide) and splits at the first maximum when it is strictly greater than epsilon;
 * coordinates are rounded to the nearest integer only at the end.
 
+The work per drawing is bounded (hostile or corrupt input must not stall a worker): more than
+`MAX_RESAMPLED_POINTS` points after resampling (counted from the arc lengths, before anything of
+that size is allocated) or more than `MAX_RDP_WORK` point visits in RDP raise `TooComplex`.
+Both bounds are far above real drawings: over the 8,019 raw Quick Draw drawings of ../shared/data
+and the bundled sample the maxima are 31,874 resampled points and 414,445 RDP point visits
+(26 levels); a 10,000-point zig-zag across the canvas would resample to about 2.5 million points.
+
 A drawing is passed as flat arrays: `xy [P, 2]` float64 (all points of all strokes, in order)
 and `stroke_lengths [S]` int (points per stroke, each >= 1). No Python loop runs per point:
 resampling is one `np.interp`-style gather, RDP runs level by level over all open segments at once
-(the number of levels is the recursion depth, ~log2 of the points per stroke).
+(the number of levels is the recursion depth, ~log2 of the points per stroke, but up to the
+number of points for a spiral: hence the work bound).
 """
 
 from __future__ import annotations
@@ -25,6 +33,13 @@ import numpy as np
 
 QUICKDRAW_SIZE = 255.0
 DEFAULT_RDP_EPSILON = 2.0
+# Bounds on one drawing (see the module docstring): about 30x and 100x the largest real drawing.
+MAX_RESAMPLED_POINTS = 1_000_000
+MAX_RDP_WORK = 40_000_000
+
+
+class TooComplex(ValueError):
+    """A drawing beyond `MAX_RESAMPLED_POINTS` or `MAX_RDP_WORK`; the message gives the numbers."""
 
 
 def align_and_scale(xy: np.ndarray, size: float = QUICKDRAW_SIZE) -> np.ndarray:
@@ -45,8 +60,8 @@ def _stroke_starts(stroke_lengths: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(stroke_lengths)[:-1]]).astype(np.int64)
 
 
-def resample(xy: np.ndarray, stroke_lengths: np.ndarray, spacing: float = 1.0
-             ) -> tuple[np.ndarray, np.ndarray]:
+def resample(xy: np.ndarray, stroke_lengths: np.ndarray, spacing: float = 1.0,
+             max_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Resamples every stroke at `spacing` along its arc length.
 
     Args:
@@ -56,6 +71,8 @@ def resample(xy: np.ndarray, stroke_lengths: np.ndarray, spacing: float = 1.0
       (`[Q, 2]` float64 resampled points, `[S]` int64 points per resampled stroke). A stroke of arc
       length L gets the points at distances 0, spacing, ... < L plus its last point; a stroke of zero
       length gets its point twice (as Quick Draw stores a dot).
+    Raises:
+      TooComplex: more than `max_points` resampled points (checked before they are allocated).
     """
     xy = np.asarray(xy, dtype=np.float64)
     lengths = np.asarray(stroke_lengths, dtype=np.int64)
@@ -73,6 +90,10 @@ def resample(xy: np.ndarray, stroke_lengths: np.ndarray, spacing: float = 1.0
     # Samples per stroke: ceil(L / spacing) at distances k * spacing (k >= 0, < L), then the last point.
     n_inner = np.maximum(np.ceil(arc_len / spacing).astype(np.int64), 1)
     n_out = n_inner + 1
+    total = int(n_out.sum())
+    if max_points is not None and total > max_points:
+        raise TooComplex(f"{total:,} points after resampling at {spacing:g} px (arc length "
+                         f"{float(arc_len.sum()):,.0f} px on the 0..255 canvas) > {max_points:,}")
     stroke_of = np.repeat(np.arange(lengths.size), n_inner)
     first_out = np.concatenate([[0], np.cumsum(n_inner)[:-1]])
     k = np.arange(stroke_of.size) - first_out[stroke_of]
@@ -96,12 +117,17 @@ def resample(xy: np.ndarray, stroke_lengths: np.ndarray, spacing: float = 1.0
     return out, n_out
 
 
-def rdp_keep_mask(xy: np.ndarray, stroke_lengths: np.ndarray, epsilon: float) -> np.ndarray:
+def rdp_keep_mask(xy: np.ndarray, stroke_lengths: np.ndarray, epsilon: float,
+                  max_work: int | None = None) -> np.ndarray:
     """Ramer-Douglas-Peucker over all strokes at once: which points survive.
 
     `xy [P, 2]`, `stroke_lengths [S]` (each >= 1) -> bool `[P]`. Equal to running the textbook
     recursive RDP on each stroke (distance to the line through the segment's ends, or to the end
     point when both ends coincide; split at the first farthest point if it is > epsilon).
+
+    Each level costs O(open points + kept points) (never O(P)); the work is the sum of that over
+    the levels. Raises `TooComplex` when it would exceed `max_work` (a spiral-like stroke peels one
+    point per level, so the work can grow like P^2).
     """
     xy = np.asarray(xy, dtype=np.float64)
     x, y = np.ascontiguousarray(xy[:, 0]), np.ascontiguousarray(xy[:, 1])
@@ -110,12 +136,15 @@ def rdp_keep_mask(xy: np.ndarray, stroke_lengths: np.ndarray, epsilon: float) ->
     keep = np.zeros(x.size, dtype=bool)
     keep[starts] = True
     keep[starts + lengths - 1] = True
-    open_pts = ~keep  # points still inside a segment that may split
-    while True:
-        cand = np.flatnonzero(open_pts)
-        if not cand.size:
-            return keep
-        kept = np.flatnonzero(keep)
+    cand = np.flatnonzero(~keep)  # points still inside a segment that may split (sorted)
+    kept = np.flatnonzero(keep)   # sorted
+    work = levels = 0
+    while cand.size:
+        work += cand.size + kept.size
+        levels += 1
+        if max_work is not None and work > max_work:
+            raise TooComplex(f"RDP needs more than {max_work:,} point visits ({levels} levels over "
+                             f"{x.size:,} resampled points, {cand.size:,} still open)")
         seg = np.searchsorted(kept, cand)  # segment (kept[seg - 1], kept[seg]); same stroke
         ai, bi = kept[seg - 1], kept[seg]
         ax, ay = x[ai], y[ai]
@@ -134,15 +163,20 @@ def rdp_keep_mask(xy: np.ndarray, stroke_lengths: np.ndarray, epsilon: float) ->
         max_pos = np.flatnonzero(dist == np.repeat(run_max, run_len))
         first_max = max_pos[np.searchsorted(max_pos, run_start)]
         split = run_max > epsilon
-        chosen = cand[first_max[split]]
+        chosen_pos = first_max[split]
+        chosen = cand[chosen_pos]
         keep[chosen] = True
         # Segments that did not split are final: their inner points are dropped for good.
-        open_pts[cand[~np.repeat(split, run_len)]] = False
-        open_pts[chosen] = False
+        still_open = np.repeat(split, run_len)
+        still_open[chosen_pos] = False
+        cand = cand[still_open]
+        kept = np.sort(np.concatenate([kept, chosen]))
+    return keep
 
 
-def simplify(xy: np.ndarray, stroke_lengths: np.ndarray, epsilon: float = DEFAULT_RDP_EPSILON
-             ) -> tuple[np.ndarray, np.ndarray]:
+def simplify(xy: np.ndarray, stroke_lengths: np.ndarray, epsilon: float = DEFAULT_RDP_EPSILON,
+             max_resampled: int | None = MAX_RESAMPLED_POINTS,
+             max_rdp_work: int | None = MAX_RDP_WORK) -> tuple[np.ndarray, np.ndarray]:
     """Raw drawing -> Quick Draw simplified drawing.
 
     Args:
@@ -151,10 +185,12 @@ def simplify(xy: np.ndarray, stroke_lengths: np.ndarray, epsilon: float = DEFAUL
       epsilon: RDP tolerance in the 0..255 space.
     Returns:
       (`[Q, 2]` int32 points on 0..255, `[S]` int64 points per stroke, each >= 2).
+    Raises:
+      TooComplex: beyond `max_resampled` points or `max_rdp_work` (None: unbounded).
     """
     scaled = align_and_scale(xy)
-    res, res_lengths = resample(scaled, stroke_lengths)
-    keep = rdp_keep_mask(res, res_lengths, epsilon)
+    res, res_lengths = resample(scaled, stroke_lengths, max_points=max_resampled)
+    keep = rdp_keep_mask(res, res_lengths, epsilon, max_work=max_rdp_work)
     stroke_of = np.repeat(np.arange(res_lengths.size), res_lengths)
     new_lengths = np.bincount(stroke_of[keep], minlength=res_lengths.size)
     return np.round(res[keep]).astype(np.int32), new_lengths.astype(np.int64)
