@@ -14,7 +14,8 @@ import typing
 from typing import Any, Iterable, Mapping
 
 CELL_TYPES = ("lstm", "layer_norm")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# "auto": the trainer picks mixed_bfloat16 on CPUs with AMX bf16 units, else float32.
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,12 +59,13 @@ class HParams:
     augment_stroke_prob: float = 0.10  # Probability of merging a point into the next one.
 
     # Input / speed (do not change what is learned, only how fast).
-    trim_batches: bool = True  # Trim each batch to its longest sketch instead of N_max.
-    # Group sketches of similar length into a batch (training only; then trimmed): less padding,
-    # but batches are no longer random in length as in the reference.
-    bucket_batches: bool = False
+    # The loss always divides by N_max, so trimming and bucketing change the speed, not the loss.
+    trim_batches: bool = True  # Cut each batch to its longest sketch + 1 end row (<= N_max).
+    # Group sketches of similar length into a batch (training only; then trimmed): ~1.6x less
+    # padding on aaron_sheep; batches are no longer random in length as in the reference.
+    bucket_batches: bool = True
     jit_compile: bool = False  # XLA-compile the training step.
-    precision: str = "float32"  # One of PRECISIONS; mixture math always stays float32.
+    precision: str = "auto"  # One of PRECISIONS; mixture math always stays float32.
 
     def __post_init__(self) -> None:
         errors = []

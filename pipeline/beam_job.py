@@ -113,10 +113,12 @@ def _route_result(result, with_moments: bool):
 
 
 def _to_example(drawing, scale_factor: float, max_seq_len: int):
-    """Drawing -> (split, word, serialized Example), and its ("written", split, word) count key."""
+    """Drawing -> (split, word, serialized Example), and its ("written", split, word) and
+    ("length", n) count keys (the second gives N_max, the longest written sketch)."""
     yield (drawing.split, drawing.word,
            records.drawing_to_example(drawing, scale_factor, max_seq_len))
     yield beam.pvalue.TaggedOutput("written_keys", ("written", drawing.split, drawing.word))
+    yield beam.pvalue.TaggedOutput("written_keys", ("length", int(drawing.strokes3.shape[0])))
 
 
 class ExamplesFromResults(beam.PTransform):
@@ -125,7 +127,8 @@ class ExamplesFromResults(beam.PTransform):
     Outputs (a dict of PCollections):
       examples:     (split, word, serialized tf.train.Example) for every kept drawing
       dead_letters: JSON lines `{"reason", "detail", "line"}` for bad input
-      count_keys:   ("written", split, word) per example and ("rejected", reason) per rejection
+      count_keys:   ("written", split, word) and ("length", n) per example, ("rejected", reason) per
+                    rejection
       moments:      one (count, mean, M2) of the train split's dx, dy (empty if a scale is given)
       scale_factor: one float, the train std or the given `scale_factor`
     """
@@ -188,6 +191,7 @@ def build_metadata(counts: collections.Counter, moments, scale_factor: float, sc
     class_counts: dict[str, dict[str, int]] = {}
     rejected: dict[str, int] = {}
     input_errors = []
+    longest = 0
     for key, n in counts.items():
         if key[0] == "written":
             _, split, word = key
@@ -195,6 +199,8 @@ def build_metadata(counts: collections.Counter, moments, scale_factor: float, sc
             class_counts.setdefault(word, {s: 0 for s in SPLITS})[split] += n
         elif key[0] == "rejected":
             rejected[key[1]] = rejected.get(key[1], 0) + n
+        elif key[0] == "length":
+            longest = max(longest, int(key[1]))
         elif key[0] == "input_error":
             input_errors.append(key[1])
     dead = sum(n for r, n in rejected.items() if records.REASONS[r] == DEAD_LETTER)
@@ -209,6 +215,9 @@ def build_metadata(counts: collections.Counter, moments, scale_factor: float, sc
                           "std": float(records.scale_factor_from_moments(moments))
                           if moments[0] else None},
         "max_seq_len": config.max_seq_len,
+        # N_max: the longest written sketch over all splits (the reference's get_max_len); the
+        # trainer's loss divisor and sampling length (schema.n_max). Records are padded to max_seq_len.
+        "longest_sketch": longest,
         "classes": sorted(class_counts),
         "counts": split_counts,
         "class_counts": dict(sorted(class_counts.items())),
@@ -514,12 +523,15 @@ def build_streaming(lines, output: str, config: Config, scale_factor: float,
 
 
 def _count_metric(key: tuple) -> None:
+    if key[0] == "length":  # One per sketch length: not worth a counter each.
+        return
     beam.metrics.Metrics.counter("sketch_rnn", "/".join(str(k) for k in key)).inc()
 
 
 def streaming_metadata(base: dict[str, Any], config: Config, sources: Sequence[str]) -> dict[str, Any]:
     """metadata.json of a streaming output: the batch run's scale factor and classes; counts are 0
-    (the data is unbounded: count the shards' records instead) and `streaming` is true."""
+    (the data is unbounded: count the shards' records instead) and `streaming` is true. No
+    `longest_sketch`: a stream's sketches can be as long as max_seq_len, which is then N_max."""
     return {
         "format_version": FORMAT_VERSION,
         "scale_factor": float(base["scale_factor"]),

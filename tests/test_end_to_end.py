@@ -149,16 +149,19 @@ def test_preprocess_train_export_load_sample(tmp_path, sample_dir):
     version_dir = pathlib.Path(proc.stdout.strip().splitlines()[-1])
     assert version_dir == export_base / "1"
     assert (version_dir / "saved_model.pb").exists()
-    assert json.loads((version_dir / "assets.extra" / "metadata.json").read_text()) == meta
+    # The data's metadata plus the N_max the signatures sample to (the longest sketch).
+    assert json.loads((version_dir / "assets.extra" / "metadata.json").read_text()) == {
+        **meta, "n_max": meta["longest_sketch"]}
 
     # 4. A fresh process with only TensorFlow loads it and samples.
     out = run_script(tmp_path, "load", LOAD_SCRIPT, version_dir, project=False)
     assert out["project_modules"] == []
     assert out["signatures"] == ["complete", "decode", "encode", "sample"]
     strokes, lengths = np.asarray(out["strokes"], np.float32), np.asarray(out["lengths"])
-    assert strokes.shape == (5, MAX_SEQ_LEN, 3)
+    n_max = meta["longest_sketch"]  # Sampling runs N_max steps, not the --max-seq-len cap.
+    assert n_max <= MAX_SEQ_LEN and strokes.shape == (5, n_max, 3)
     for s, n in zip(strokes, lengths):
-        assert_stroke3(s[:n], MAX_SEQ_LEN)
+        assert_stroke3(s[:n], n_max)
         assert np.all(s[n:] == 0)  # Padding after the end.
 
     # 5. `sketch-rnn sample` writes an SVG grid and an ndjson that read back.

@@ -233,3 +233,11 @@ def test_bucketed_batches_group_lengths_and_keep_every_point(tmp_path, sketches)
         s = batch["strokes"].numpy()
         for row, n in zip(s, lengths):
             assert np.all(row[:n, 4] == 0)
+
+
+def test_a_record_longer_than_n_max_is_an_error(tmp_path, sketches):
+    metadata = write_dataset(tmp_path, sketches, max_len=250, record_longest=True)
+    wrong = {**metadata, "longest_sketch": 10}  # metadata of another data set
+    ds = input_lib.make_dataset(str(tmp_path), "valid", HParams.preset("tiny"), wrong, 4, False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="longer than N_max = 10"):
+        next(iter(ds))

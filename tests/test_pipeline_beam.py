@@ -81,6 +81,8 @@ def test_preprocess_transform_with_test_pipeline(sample_dir):
     for r in results:
         key = ("rejected", r.reason) if isinstance(r, R.Rejection) else ("written", r.split, r.word)
         expected_counts[key] += 1
+        if isinstance(r, R.Drawing):  # The length histogram that gives longest_sketch (N_max).
+            expected_counts[("length", r.strokes3.shape[0])] += 1
     expected_dead = [r.to_json() for r in results if isinstance(r, R.Rejection) and r.kind == R.DEAD_LETTER]
     by_key = {d.key_id: d for d in drawings}
     assert len(expected_dead) == len(BAD) and any(getattr(r, "reason", "") == "too_long" for r in results)
@@ -150,6 +152,9 @@ def test_whole_job_on_sample_with_malformed_lines(job_input, tmp_path, capsys):
         per_class = collections.Counter(d["word"])
         assert {w: c[split] for w, c in meta["class_counts"].items() if c[split]} == dict(per_class)
     assert len(key_split) == written
+    # N_max: the longest written sketch over all splits (the reference's get_max_len).
+    assert meta["longest_sketch"] == max(int(d["length"].max()) for d in data.values() if len(d["length"]))
+    assert schema.n_max(meta) == meta["longest_sketch"] < 100
 
     # Train offsets have std 1 after normalization (pooled dx, dy of the real rows).
     t = data["train"]
@@ -291,6 +296,7 @@ def test_npz_input_keeps_its_split(shared_data, tmp_path):
     assert meta["counts"] == {s: sizes[s] - too_long[s] for s in schema.SPLITS}
     assert meta["lines_read"] == sum(sizes.values()) and meta["accounted"]
     assert meta["classes"] == ["aaron_sheep"]
+    assert meta["longest_sketch"] == max(len(x) for s in schema.SPLITS for x in npz[s] if len(x) <= 250)
     # The reference's normalizing scale factor: np.std of all train dx, dy (sketches <= 250).
     train = [x for x in npz["train"] if len(x) <= 250]
     ref = np.std(np.concatenate([x[:, 0:2].reshape(-1) for x in train]).astype(np.float64))

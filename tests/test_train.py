@@ -217,7 +217,7 @@ EQUIV_SCRIPT = textwrap.dedent('''
     # full-length batches (each replica would trim its half differently).
     hps = HParams.preset("tiny").replace(conditional=False, use_recurrent_dropout=False, batch_size=8,
                                          augment_stroke_prob=0.0, random_scale_factor=0.0,
-                                         trim_batches=False)
+                                         trim_batches=False, bucket_batches=False)  # same batches
     train_and_evaluate(data, model_dir, hps, 3, strategy, checkpoint_every=1, eval_every=0, log_every=1,
                        export=False, test_at_end=False, log=lambda s: None)
     reader = tf.train.load_checkpoint(model_dir + "/checkpoints")

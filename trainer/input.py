@@ -44,6 +44,12 @@ def parse_and_augment(serialized: tf.Tensor, seed: tf.Tensor | None, max_seq_len
     n_max = n_max or max_seq_len
     parsed = schema.parse_example(serialized, max_seq_len)
     strokes, length = parsed[schema.STROKES][:n_max], parsed[schema.LENGTH]
+    # Never cut a real point: a record longer than N_max means metadata from another data set.
+    check = tf.debugging.assert_less_equal(
+        length, tf.cast(n_max, length.dtype), message=f"a sketch is longer than N_max = {n_max} "
+        "(metadata.json longest_sketch): the records and metadata.json do not belong together")
+    with tf.control_dependencies([check] if check is not None else []):  # An op in graphs only.
+        length = tf.identity(length)
     if training and seed is not None:
         strokes, length = augment_lib.augment(strokes, length, hps.random_scale_factor,
                                               hps.augment_stroke_prob, seed)

@@ -59,6 +59,31 @@ def select_strategy(name: str) -> tf.distribute.Strategy:
     raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_precision(precision: str) -> tuple[str, str]:
+    """`hps.precision` -> (Keras policy, why). "auto": bfloat16 compute (float32 weights and
+    mixture math) where the CPU has AMX bf16 tile units and no GPU is used, else float32
+    (AVX-512/AVX2 CPUs run bf16 matmuls slower than float32: measured, see the README)."""
+    if precision != "auto":
+        return precision, "set"
+    if tf.config.list_logical_devices("GPU"):
+        return "float32", "auto: GPU (cuDNN runs float32)"
+    if "amx_bf16" in cpu_flags():
+        return "mixed_bfloat16", "auto: the CPU has AMX bf16"
+    return "float32", "auto: no AMX bf16 on this CPU"
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
@@ -180,8 +205,9 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
     chief = is_chief(strategy)
     if chief:
         _write_json_files(model_dir, hps, metadata)
-    keras.mixed_precision.set_global_policy(hps.precision)
-    loss_scale = FLOAT16_LOSS_SCALE if hps.precision == "mixed_float16" else 1.0
+    policy, why = resolve_precision(hps.precision)
+    keras.mixed_precision.set_global_policy(policy)
+    loss_scale = FLOAT16_LOSS_SCALE if policy == "mixed_float16" else 1.0
     global_batch = hps.batch_size
     replicas = strategy.num_replicas_in_sync
     if global_batch % replicas:
@@ -191,7 +217,8 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
         model = SketchRNN(hps, max_len)
         dummy = {"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2], tf.int32)}
         model(dummy, training=False)  # Creates the (mirrored) variables before any tf.function.
-        optimizer = keras.optimizers.Adam(learning_rate=_lr_schedule_class()(hps.to_json()))
+        # epsilon 1e-8: TF1 AdamOptimizer's default, which the reference uses (Keras defaults to 1e-7).
+        optimizer = keras.optimizers.Adam(learning_rate=_lr_schedule_class()(hps.to_json()), epsilon=1e-8)
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -213,6 +240,8 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
     latest = checkpoints_lib.restore_newest(ckpt, os.path.join(model_dir, "checkpoints"), log=log)
     if latest:
         log(f"resumed from {latest} at step {int(step.numpy())}")
+    if hps.precision == "auto":
+        log(f"precision {policy} ({why})")
     start_step = int(step.numpy())
     data_seed = int(rng.uniform_full_int([], tf.int32).numpy()) & 0x7FFFFFF
 
@@ -303,7 +332,10 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
         kl_weight_start); the best checkpoint is the one with the lowest cost."""
         if int(metadata["counts"].get(split, 0)) == 0:
             return {}
-        batches = input_lib.make_dataset(data_dir, split, hps, metadata, global_batch, False)
+        # Always padded to N_max: L_p over all N_max slots, the reference's definition (trimming
+        # would leave out the pen loss of the cut padding rows).
+        batches = input_lib.make_dataset(data_dir, split, hps.replace(trim_batches=False),
+                                         metadata, global_batch, False)
         totals: dict[str, float] = {}
         for batch in batches:
             for k, v in eval_step(batch).items():
@@ -356,8 +388,9 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
     current = start_step
 
     def save(reason: str) -> str | None:
-        path = manager.save(checkpoint_number=current)
-        return path
+        # Named by the step variable it holds: an interrupt can land after the step's update
+        # and before `current` counts it.
+        return manager.save(checkpoint_number=int(step.numpy()))
 
     try:
         while current < steps:
