@@ -1,23 +1,29 @@
-"""Training speed levers and SavedModel sampling latency on CPU, in one table.
+"""Training speed beside the reference, the levers one by one, and SavedModel sampling latency.
 
-Training: the `paper` preset (recurrent dropout on, batch 100) on aaron_sheep
-(`../shared/data/sketchrnn_npz/aaron_sheep.npz`, run through our own Beam pipeline; the bundled
-Quick Draw sample when ../shared is absent), through the real trainer
-(`trainer.train.train_and_evaluate`, one device), one fresh process per configuration. Each lever
-is added to the previous row and compared with the plain configuration of the same run:
+Training, all in one run on one machine, `paper` preset (batch 100, recurrent dropout on) on
+aaron_sheep (`../shared/data/sketchrnn_npz/aaron_sheep.npz`; ours through our own Beam pipeline):
 
-  plain          full N_max = 250 padding, float32, no XLA (the reference's setting)
-  + trim         each batch cut to its longest sketch
-  + bucket       batches of similar lengths (then trimmed)
-  + XLA          jit_compile of the training step (recompiles per batch length)
-  + bf16         mixed_bfloat16 compute (mixture math stays float32)
+  reference       magenta's TF1 sketch_rnn (`../shared/reference/bench_reference.py`, its own
+                  data loader, augmentation and loss), in its own virtualenv (`--ref-python`, default
+                  $REF_PYTHON or /tmp/ref-venv/bin/python: `python3 -m venv /tmp/ref-venv &&
+                  /tmp/ref-venv/bin/pip install tensorflow==2.21.0 tf-keras==2.21.0`); skipped with a
+                  message when ../shared/reference or that interpreter is absent
+  paper-exact     ours, every batch padded to N_max: the same work per step as the reference
+  defaults        the project defaults: each batch trimmed to its longest sketch + 1 end row (the
+                  loss still / N_max), precision auto (float32 unless the CPU has AMX)
+  + bucket        defaults with batches grouped by length (faster, but learns slower per step)
+  + XLA           defaults with jit_compile (one compilation per batch length)
+  + bf16          defaults with mixed_bfloat16 (faster only with AMX bf16 units; `auto` picks it there)
 
-Sketches/s is the median over the timed steps (after warm-up) of batch / step time.
+Every row runs through the real trainer loop in a fresh process (ours: `train_and_evaluate`, one
+device, input pipeline and host sync included; the reference: its own sess.run loop, NumPy batching
+included) and reports sketches/s = timed steps x batch / their total wall time, after warm-up steps.
+The CPU's relevant features (AVX2, AVX-512, AVX-512 bf16, AMX) are printed with the table.
 Sampling: an exported SavedModel (`paper` preset, untrained, end-of-sketch pinned low so every
 sketch runs all 250 points: the worst case) loaded with tf.saved_model.load; median wall time of
 `sample` for 1 and 100 sketches, with and without the XLA-compiled signature.
 
-    .venv/bin/python benchmarks/bench_speed.py [--steps 20] [--warmup 3] [--skip-train]
+    .venv/bin/python benchmarks/bench_speed.py [--steps 20] [--warmup 3] [--skip-sample] [--skip-train]
 """
 
 from __future__ import annotations
@@ -36,13 +42,14 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHEEP = REPO.parent / "shared" / "data" / "sketchrnn_npz" / "aaron_sheep.npz"
 
+REFERENCE = REPO.parent / "shared" / "reference" / "bench_reference.py"
+PAPER_EXACT = ["trim_batches=false", "bucket_batches=false"]
 CONFIGS = [
-    ("plain (N_max padding)", ["trim_batches=false"]),
-    ("+ trim", ["trim_batches=true"]),
-    ("+ bucket", ["trim_batches=true", "bucket_batches=true"]),
-    ("+ XLA", ["trim_batches=true", "bucket_batches=true", "jit_compile=true"]),
-    ("+ bf16", ["trim_batches=true", "bucket_batches=true", "jit_compile=true", "precision=mixed_bfloat16"]),
-    ("trim + bucket + bf16 (no XLA)", ["trim_batches=true", "bucket_batches=true", "precision=mixed_bfloat16"]),
+    ("paper-exact (N_max padding)", PAPER_EXACT),
+    ("project defaults (trim, precision auto)", []),
+    ("defaults + bucket", ["bucket_batches=true"]),
+    ("defaults + XLA", ["jit_compile=true"]),
+    ("defaults + bf16", ["precision=mixed_bfloat16"]),
 ]
 
 TRAIN_CHILD = r'''
@@ -120,28 +127,73 @@ def preprocess(out: pathlib.Path) -> str:
     return label
 
 
+def cpu_features() -> str:
+    flags = set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                      if line.startswith("model name")), "?")
+    except OSError:
+        model = "?"
+    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model}, {os.cpu_count()} cores, {' '.join(have) or 'no AVX2'}"
+
+
+def run_reference(python: str, steps: int, warmup: int) -> float | None:
+    """sketches/s of the reference on aaron_sheep, or None (with the reason printed)."""
+    if not REFERENCE.exists():
+        print(f"  reference: skipped ({REFERENCE} not present: only developers' checkouts have "
+              "../shared)", flush=True)
+        return None
+    if not os.path.exists(python):
+        print(f"  reference: skipped (no interpreter {python}; create its venv as the docstring says, "
+              "or pass --ref-python)", flush=True)
+        return None
+    proc = subprocess.run([python, str(REFERENCE), "--warmup", str(warmup), "--steps", str(steps)],
+                          capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
+    line = [x for x in proc.stdout.splitlines() if x.startswith("reference sketches_per_s=")]
+    if proc.returncode or not line:
+        print(f"  reference: failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
+        return None
+    return float(line[-1].split()[1].split("=")[1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per configuration")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--skip-train", action="store_true", help="only the sampling rows")
     parser.add_argument("--skip-sample", action="store_true", help="only the training rows")
+    parser.add_argument("--ref-python", default=os.environ.get("REF_PYTHON", "/tmp/ref-venv/bin/python"),
+                        help="interpreter with tensorflow==2.21.0 and tf-keras for the reference")
     args = parser.parse_args()
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         if not args.skip_train:
             label = preprocess(tmp / "data")
+            print(f"CPU: {cpu_features()}", flush=True)
             print(f"training data: {label}; paper preset, batch 100, recurrent dropout on, "
                   f"{args.steps} timed steps after {args.warmup}", flush=True)
+            start = time.time()
+            ref = run_reference(args.ref_python, args.steps, args.warmup)
+            if ref:
+                rows.append(("train reference (magenta TF1)", f"{ref:.1f} sketches/s", "1.00x reference"))
+                print(f"  {rows[-1][0]}: {rows[-1][1]} ({time.time() - start:.0f} s)", flush=True)
             base = None
             for i, (name, sets) in enumerate(CONFIGS):
                 start = time.time()
                 r = child(TRAIN_CHILD, str(tmp / "data"), str(tmp / f"run{i}"), str(args.steps),
                           str(args.warmup), *sets)
-                base = base or r["median"]
-                rows.append((f"train {name}", f"{r['median']:.1f} sketches/s", f"{r['median'] / base:.2f}x plain"))
-                print(f"  {rows[-1][0]}: {rows[-1][1]} ({rows[-1][2]}; mean {r['mean']:.1f}; "
+                base = base or r["mean"]
+                vs = f"{r['mean'] / ref:.2f}x reference, " if ref else ""
+                rows.append((f"train {name}", f"{r['mean']:.1f} sketches/s",
+                             f"{vs}{r['mean'] / base:.2f}x paper-exact"))
+                print(f"  {rows[-1][0]}: {rows[-1][1]} ({rows[-1][2]}; median step {r['median']:.1f}; "
                       f"{time.time() - start:.0f} s)", flush=True)
         if not args.skip_sample:
             r = child(SAMPLE_CHILD, str(tmp / "export"))

@@ -119,8 +119,10 @@ class SketchRNN(keras.Model):
                 2 * hps.dec_rnn_size, activation="tanh",
                 kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), name="initial_state")
         self.decoder = LSTM(hps.dec_rnn_size, hps.dec_model == "layer_norm", drop, name="decoder")
-        # Mixture math stays in float32 under mixed precision.
-        self.head = keras.layers.Dense(6 * hps.num_mixture + 3, dtype="float32", name="mixture_head")
+        # Mixture math stays in float32 under mixed precision. The bias starts Glorot-uniform as
+        # the reference's `output_b` (a TF1 get_variable without initializer), not at zero.
+        self.head = keras.layers.Dense(6 * hps.num_mixture + 3, dtype="float32", name="mixture_head",
+                                       bias_initializer="glorot_uniform")
         self.input_dropout = keras.layers.Dropout(hps.input_dropout_rate if hps.use_input_dropout else 0.0)
         self.output_dropout = keras.layers.Dropout(hps.output_dropout_rate if hps.use_output_dropout else 0.0)
 

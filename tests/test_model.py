@@ -379,3 +379,12 @@ def test_tiny_model_overfits_real_sketches(sample_dir):
         step()
     last = [float(step()) for _ in range(5)]
     assert np.mean(last) < np.mean(first) - 0.5, (first, last)
+
+
+def test_head_bias_starts_glorot_uniform_like_the_reference():
+    """The reference's output_b has no initializer: TF1's default Glorot-uniform, U(+-sqrt(3 / n))."""
+    model, hps = _model(num_mixture=20)
+    bias = model.head.bias.numpy()
+    limit = np.sqrt(3.0 / bias.size)
+    assert bias.size == 6 * 20 + 3 and np.abs(bias).max() <= limit
+    assert np.std(bias) > 0.4 * limit  # Spread over the interval (zeros would fail).
