@@ -128,12 +128,10 @@ def preprocess(out: pathlib.Path) -> str:
 
 
 def cpu_features() -> str:
-    flags = set()
+    from trainer.train import cpu_flags
+
+    flags = cpu_flags()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
         model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                       if line.startswith("model name")), "?")
     except OSError:

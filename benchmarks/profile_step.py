@@ -58,25 +58,21 @@ def _timeit(fn, reps: int) -> float:
     return float(np.median(times))
 
 
-def write_random_dataset(out: pathlib.Path, n: int, max_len: int) -> dict:
-    """n random sketches of lengths in [max_len / 3, max_len] as the pipeline's train records."""
+def random_sketches(n: int, max_len: int) -> list:
+    """n random stroke-3 sketches of lengths in [max_len / 3, max_len] (the speed does not depend
+    on the values; the records are written with the tests' `write_dataset`, as bench_trainer does)."""
     import numpy as np
-    import tensorflow as tf
-
-    from model.strokes import stroke3_to_stroke5
-    from pipeline import schema
 
     rng = np.random.default_rng(1)
-    path = out / f"train-00000-of-00001{schema.TFRECORD_SUFFIX}"
-    with tf.io.TFRecordWriter(str(path), options="GZIP") as w:
-        for i in range(n):
-            length = int(rng.integers(max_len // 3, max_len + 1))
-            s3 = np.zeros([length, 3], np.float32)
-            s3[:, :2] = rng.normal(0, 1, [length, 2])
-            s3[rng.random(length) < 0.1, 2] = 1
-            s3[-1, 2] = 1
-            w.write(schema.serialize_example(stroke3_to_stroke5(s3, max_len), length, "x", str(i)))
-    return {"max_seq_len": max_len, "scale_factor": 1.0, "counts": {"train": n}}
+    out = []
+    for _ in range(n):
+        length = int(rng.integers(max_len // 3, max_len + 1))
+        s3 = np.zeros([length, 3], np.float32)
+        s3[:, :2] = rng.normal(0, 1, [length, 2])
+        s3[rng.random(length) < 0.1, 2] = 1
+        s3[-1, 2] = 1
+        out.append(s3)
+    return out
 
 
 def main() -> int:
@@ -161,7 +157,10 @@ def main() -> int:
         ("whole step (no input pipeline)", whole_step),
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        meta = write_random_dataset(pathlib.Path(tmp), n=400, max_len=t)
+        sys.path.insert(0, str(REPO / "tests"))
+        from test_input import write_dataset
+
+        meta = write_dataset(pathlib.Path(tmp), random_sketches(500, t), max_len=t, shards=1)
         it = iter(input_lib.make_dataset(tmp, "train", hps, meta, b, True, seed=0))
         pieces.append(("input pipeline (one batch)", lambda: next(it)["strokes"]))
         print(f"paper preset, B={b}, T={t}, recurrent dropout {hps.use_recurrent_dropout}, "

@@ -23,7 +23,8 @@ class NoRestorableCheckpointError(FileNotFoundError):
     """Checkpoints exist in the directory but none of them restores."""
 
 
-def _step_of(prefix: str) -> int:
+def step_of(prefix: str) -> int:
+    """The step in a checkpoint prefix `DIR/NAME-STEP`; -1 when it has none."""
     m = re.search(r"-(\d+)$", prefix)
     return int(m.group(1)) if m else -1
 
@@ -48,7 +49,7 @@ def candidates(directory: str) -> list[str]:
         m = re.match(r"^(.+-\d+)\.(index|data-\d+-of-\d+)$", name)
         if m:
             found.add(os.path.join(directory, m.group(1)))
-    return sorted(found, key=lambda p: (_step_of(p), p), reverse=True)
+    return sorted(found, key=lambda p: (step_of(p), p), reverse=True)
 
 
 def _reason(error: BaseException) -> str:

@@ -433,7 +433,8 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
         save("interrupt")
         log(f"interrupted at step {current}; checkpoint saved, rerun the same command to resume")
         raise
-    if manager.latest_checkpoint is None or int(step.numpy()) != _ckpt_step(manager.latest_checkpoint):
+    latest_saved = manager.latest_checkpoint
+    if latest_saved is None or int(step.numpy()) != checkpoints_lib.step_of(latest_saved):
         save("exit")
     result: dict[str, Any] = {"step": current, "train": last, "valid": valid,
                               "checkpoint": manager.latest_checkpoint}
@@ -466,13 +467,6 @@ def _last_wall_s(path: str) -> float:
             except (ValueError, AttributeError):
                 continue  # A line cut by a crash: the others still count.
     return last
-
-
-def _ckpt_step(path: str) -> int:
-    try:
-        return int(path.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return -1
 
 
 def load_trained_model(model_dir: str, checkpoint: str | None = None):
