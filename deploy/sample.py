@@ -3,7 +3,7 @@
 Four modes, one signature each (see trainer/export.py):
 
     sketch-rnn sample --model EXPORT --num 16 --temperature 0.5 --seed 1 --output out/samples
-        unconditional samples (`sample`)
+        unconditional samples (`sample`); EXPORT may be a shipped model's name: --model pig
     sketch-rnn sample --model EXPORT --input cat.ndjson [--index 3] --num 8 --output out/recon
         encode one input sketch, decode `--num` times from z = mu (`encode` + `decode`)
     sketch-rnn sample --model EXPORT --complete partial.json --num 8 --output out/done
@@ -13,7 +13,8 @@ Four modes, one signature each (see trainer/export.py):
 
 Writes OUTPUT.svg (a grid), OUTPUT.ndjson (one JSON object per generated sketch, `strokes` in
 stroke-3 pixel units) and, with `--png`, OUTPUT.png. EXPORT is the versioned base directory (its
-highest numeric version is used) or one version directory.
+highest numeric version is used), one version directory, or the name of a model shipped under
+deploy/pretrained/ (pig, face, alarm_clock; a path that exists wins over a name).
 
 Input sketches (`--input`, `--complete`, `--interpolate`): a Quick Draw ndjson file (lines with a
 `drawing` field, raw `[x, y, t]` strokes are simplified as the pipeline does, `[x, y]` strokes taken
@@ -49,6 +50,34 @@ class UsageError(Exception):
 
 
 # --- the exported model ------------------------------------------------------------------------
+
+
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+
+
+def shipped_models() -> list[str]:
+    """Names of the models shipped under deploy/pretrained/ (each NAME/<version>/saved_model.pb)."""
+    if not os.path.isdir(PRETRAINED_DIR):
+        return []
+    names = []
+    for name in sorted(os.listdir(PRETRAINED_DIR)):
+        base = os.path.join(PRETRAINED_DIR, name)
+        if os.path.isdir(base) and any(v.isdigit() and os.path.isfile(os.path.join(base, v, "saved_model.pb"))
+                                       for v in os.listdir(base)):
+            names.append(name)
+    return names
+
+
+def resolve_model(spec: str) -> tuple[str | None, str]:
+    """`--model` value -> (shipped name or None, export path). A path that exists wins; otherwise a
+    bare name (no `/`) is looked up among the shipped models (`sketch-rnn sample --model pig`)."""
+    if os.path.exists(spec) or "/" in spec or "://" in spec:
+        return None, spec
+    shipped = shipped_models()
+    if spec in shipped:
+        return spec, os.path.join(PRETRAINED_DIR, spec)
+    raise UsageError(f"--model {spec}: no such directory, and not a shipped model "
+                     f"(shipped: {', '.join(shipped) or 'none installed'})")
 
 
 def resolve_export_dir(path: str) -> tuple[str, int | None]:
@@ -119,10 +148,10 @@ def _read_json_asset(path: str, name: str) -> dict[str, Any]:
 
 
 def load_export(model_dir: str) -> Export:
-    """Loads EXPORT_DIR (base or version dir) with plain `tf.saved_model.load`."""
+    """Loads EXPORT_DIR (base or version dir, or a shipped model's name) with `tf.saved_model.load`."""
     import tensorflow as tf
 
-    path, version = resolve_export_dir(model_dir)
+    path, version = resolve_export_dir(resolve_model(model_dir)[1])
     module = tf.saved_model.load(path)
     metadata = _read_json_asset(path, "metadata.json")
     hparams = _read_json_asset(path, "hparams.json")
@@ -352,8 +381,9 @@ def _indices(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sketch-rnn sample", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    p.add_argument("--model", required=True, metavar="EXPORT_DIR",
-                   help="export base dir (highest version used) or one version dir")
+    p.add_argument("--model", required=True, metavar="NAME|EXPORT_DIR",
+                   help="a shipped model (" + (", ".join(shipped_models()) or "none installed") +
+                        "), an export base dir (highest version used) or one version dir")
     p.add_argument("--output", required=True, metavar="PREFIX",
                    help="writes PREFIX.svg, PREFIX.ndjson (and PREFIX.png with --png)")
     p.add_argument("--num", type=int, default=16, help="sketches to draw (interpolation: frames) (default 16)")

@@ -1,11 +1,21 @@
-"""`sketch-rnn serve`: TF Serving's REST predict API for an exported SavedModel, plus a demo page.
+"""`sketch-rnn serve`: TF Serving's REST predict API for exported SavedModels, plus a demo page.
 
-    sketch-rnn serve --model EXPORT_DIR [--port 8501] [--host 127.0.0.1] [--model-name sketch_rnn]
+    sketch-rnn serve --model pig --model face [--port 8501] [--host 127.0.0.1]
+    sketch-rnn serve --model EXPORT_DIR [--model-name sketch_rnn] [--poll-interval 10]
+    sketch-rnn serve --model pig --model mine=runs/mine/export
 
-Endpoints (as TensorFlow Serving's REST API; NAME = --model-name, V = the loaded version):
+Several models are served side by side, each under its name. A `--model` that is an export base
+directory is watched as TF Serving watches its model base path: when a higher numeric version
+directory appears, it is loaded in the background while the old version keeps answering, then
+served; the old one is unloaded. `GET /v1/models/NAME` lists every version seen with its state
+(LOADING, AVAILABLE, END; a version that failed to load is END with the error, and is retried
+when its files change).
+
+Endpoints (as TensorFlow Serving's REST API; V = a version):
 
     POST /v1/models/NAME:predict                 (also /v1/models/NAME/versions/V:predict)
-    GET  /v1/models/NAME                         model_version_status, state AVAILABLE
+    GET  /v1/models/NAME                         model_version_status of every version seen
+    GET  /v1/models/NAME/versions/V              model_version_status of version V
     GET  /v1/models/NAME/metadata                signature_def summary (+ sketch_rnn limits)
     GET  /                                       the browser demo (deploy/static/, + /config.json)
 
@@ -62,7 +72,7 @@ def _shape_text(dims) -> str:
 
 
 class Service:
-    """The model behind the REST API: request validation, the signature call, JSON conversion."""
+    """One loaded version of a model: request validation, the signature call, JSON conversion."""
 
     def __init__(self, export, model_name: str = "sketch_rnn", max_num: int = 64):
         self.export = export
@@ -82,14 +92,18 @@ class Service:
                            f"(loaded version: {self.version})")
 
     def status(self) -> dict[str, Any]:
-        return {"model_version_status": [{"version": self.version, "state": "AVAILABLE",
-                                          "status": {"error_code": "OK", "error_message": ""}}]}
+        return {"model_version_status": [_version_status(self.version, "AVAILABLE")]}
 
     def limits(self) -> dict[str, Any]:
         return {"max_seq_len": self.export.max_seq_len, "z_size": self.export.z_size,
                 "max_num": self.max_num, "max_temperature": MAX_TEMPERATURE,
                 "scale_factor": self.export.metadata.get("scale_factor"),
                 "classes": self.export.metadata.get("classes")}
+
+    def describe(self) -> dict[str, Any]:
+        """What the demo page needs to build its requests (/config.json; not part of TF Serving)."""
+        return {"model_name": self.model_name, "version": self.version,
+                "signatures": sorted(self.specs), **self.limits()}
 
     def metadata(self) -> dict[str, Any]:
         def tensor_info(spec_name, spec):
@@ -235,6 +249,160 @@ class Service:
         return value.tolist()
 
 
+def _version_status(version: str, state: str, error: str = "") -> dict[str, Any]:
+    """One entry of TF Serving's `model_version_status` (states: LOADING, AVAILABLE, UNLOADING, END)."""
+    return {"version": str(version), "state": state,
+            "status": {"error_code": "UNKNOWN" if error else "OK", "error_message": error}}
+
+
+def _listing(base: str) -> dict[int, tuple]:
+    """{version: fingerprint} of BASE/<digits>/ directories that hold a saved_model.pb. The
+    fingerprint (names, sizes, mtimes of the files) tells a directory still being copied."""
+    import tensorflow as tf
+
+    found = {}
+    for name in tf.io.gfile.listdir(base):
+        name = name.rstrip("/")
+        path = os.path.join(base, name)
+        if not name.isdigit() or not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+            continue
+        files = []
+        for root, _, names in tf.io.gfile.walk(path):
+            for n in names:
+                st = tf.io.gfile.stat(os.path.join(root, n))
+                files.append((os.path.relpath(os.path.join(root, n), path), st.length, st.mtime_nsec))
+        found[int(name)] = tuple(sorted(files))
+    return found
+
+
+class ModelSlot:
+    """Every version of one served model, as TF Serving's file-system source with its default
+    `latest` policy: the highest version that loads is served; a higher one appearing in the base
+    directory is loaded in the background (the old one keeps answering until it is AVAILABLE), then
+    the old one is unloaded (END). A version that fails to load is END with its error and is retried
+    when its files change (a copy still in progress). `poll()` does one scan; `start_polling` runs it
+    on a timer. A version directory given directly (not a base) is served alone, without polling.
+    """
+
+    def __init__(self, name: str, path: str | None = None, max_num: int = 64, loader=None, log=print,
+                 service: Service | None = None):
+        """`path`: an export base dir (polled) or a version dir; or `service`: one loaded version."""
+        self.name, self.max_num, self.log = name, int(max_num), log
+        self._lock = threading.Lock()
+        self._states: dict[int, dict[str, Any]] = {}  # version -> {state, error, fingerprint}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.current: Service | None = service
+        self.base = None  # None: one fixed version, no polling.
+        if service is None:
+            from deploy.sample import load_export, resolve_export_dir
+
+            self._load = loader or load_export
+            path = path.rstrip("/") or "/"
+            version_dir, _ = resolve_export_dir(path)  # UsageError: nothing servable there.
+            if version_dir != path:
+                self.base = path
+                self.poll()
+                if self.current is None:
+                    errors = "; ".join(f"version {v}: {st['error']}" for v, st in sorted(self._states.items()))
+                    raise RuntimeError(f"no version of {path} loads ({errors})")
+                return
+            self.current = Service(self._load(version_dir), name, max_num)
+        self._states[int(self.current.version)] = {"state": "AVAILABLE", "error": ""}
+
+    @property
+    def path(self) -> str:
+        return self.current.export.path
+
+    def poll(self) -> list[int]:
+        """Loads a version higher than the served one if one appeared (or changed since it failed).
+        Returns the versions loaded by this call."""
+        listing = _listing(self.base)
+        loaded = []
+        served = int(self.current.version) if self.current else -1
+        for version in sorted((v for v in listing if v > served), reverse=True):
+            known = self._states.get(version)
+            if known and known["state"] == "END" and known.get("fingerprint") == listing[version]:
+                continue  # Failed before and unchanged since: do not retry in a loop.
+            with self._lock:
+                self._states[version] = {"state": "LOADING", "error": ""}
+            try:
+                service = Service(self._load(os.path.join(self.base, str(version))), self.name, self.max_num)
+            except Exception as e:  # Serve on with what we have; say why in the status.
+                message = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+                with self._lock:
+                    self._states[version] = {"state": "END", "error": message,
+                                             "fingerprint": listing[version]}
+                self.log(f"model {self.name!r}: version {version} does not load: {message}")
+                continue
+            with self._lock:
+                old, self.current = self.current, service
+                self._states[version] = {"state": "AVAILABLE", "error": ""}
+                if old is not None:
+                    self._states[int(old.version)] = {"state": "END", "error": ""}
+            loaded.append(version)
+            if old is not None:  # (The first load is announced by the caller.)
+                self.log(f"model {self.name!r}: serving version {version} ({service.export.path}), "
+                         f"version {old.version} unloaded")
+            break  # The highest version that loads wins.
+        return loaded
+
+    def start_polling(self, interval_s: float) -> None:
+        if self.base is None or interval_s <= 0:
+            return
+
+        def loop():
+            while not self._stop.wait(interval_s):
+                try:
+                    self.poll()
+                except Exception as e:  # A vanished or unreadable base dir: keep serving, say so.
+                    self.log(f"model {self.name!r}: cannot scan {self.base}: {type(e).__name__}: {e}")
+
+        self._thread = threading.Thread(target=loop, name=f"poll-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def service(self, version: str | None) -> Service:
+        with self._lock:
+            current = self.current
+        if version is not None and version != current.version:
+            raise NotFound(f"Servable not found for request: model {self.name!r} version {version!r} "
+                           f"(serving version {current.version})")
+        return current
+
+    def status(self, version: str | None = None) -> dict[str, Any]:
+        with self._lock:
+            states = sorted(self._states.items(), reverse=True)
+        if version is not None:
+            states = [(v, st) for v, st in states if str(v) == version]
+            if not states:
+                raise NotFound(f"Servable not found for request: model {self.name!r} version {version!r}")
+        return {"model_version_status": [_version_status(str(v), st["state"], st["error"]) for v, st in states]}
+
+
+class ModelSet:
+    """The models a server serves, by name (`/v1/models/NAME`); the first is the demo page's default."""
+
+    def __init__(self, slots: list[ModelSlot]):
+        self.slots = {slot.name: slot for slot in slots}
+        if len(self.slots) != len(slots):
+            raise ValueError("two models with the same name")
+
+    def slot(self, name: str) -> ModelSlot:
+        if name not in self.slots:
+            raise NotFound(f"Servable not found for request: model {name!r} (this server serves "
+                           f"{', '.join(repr(n) for n in self.slots)})")
+        return self.slots[name]
+
+    def describe(self) -> dict[str, Any]:
+        models = [slot.service(None).describe() for slot in self.slots.values()]
+        return {**models[0], "models": models}  # Top level: the default model (older pages).
+
+
 def _has_bool_or_null(value) -> bool:
     stack = [value]
     while stack:
@@ -253,11 +421,14 @@ def _json_kind(value) -> str:
 # --- the web app ----------------------------------------------------------------------------
 
 
-def create_app(service: Service, max_body_bytes: int = 4 << 20):
-    """The Flask app: REST API routes, the static demo page, JSON errors for every failure."""
+def create_app(models, max_body_bytes: int = 4 << 20):
+    """The Flask app: REST API routes, the static demo page, JSON errors for every failure.
+    `models`: a ModelSet, or one Service (served alone under its model_name)."""
     from flask import Flask, jsonify, request, send_from_directory
     from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+    if isinstance(models, Service):
+        models = ModelSet([ModelSlot(models.model_name, service=models)])
     app = Flask(__name__, static_folder=STATIC_DIR, static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = int(max_body_bytes)
     app.json.sort_keys = False
@@ -284,21 +455,25 @@ def create_app(service: Service, max_body_bytes: int = 4 << 20):
 
     @app.get("/config.json")
     def config():  # What the demo page needs to build its requests (not part of TF Serving's API).
-        return jsonify({"model_name": service.model_name, "version": service.version,
-                        "signatures": sorted(service.specs), **service.limits()})
+        return jsonify(models.describe())
 
     @app.route("/v1/models/<path:rest>", methods=["GET", "POST"])
-    def models(rest):
+    def model_api(rest):
         m = _PATH.match(rest)
         if not m:
             return error(f"Malformed request: {request.method} /v1/models/{rest}", 404)
         name, version, verb = m.group("name"), m.group("version"), m.group("rest")
         try:
-            service.check_model(name, version)
-            if verb in (None, "/metadata"):
+            slot = models.slot(name)
+            if verb is None:
                 if request.method != "GET":
                     return error(f"use GET for /v1/models/{rest}", 405)
-                return jsonify(service.status() if verb is None else service.metadata())
+                return jsonify(slot.status(version))
+            service = slot.service(version)
+            if verb == "/metadata":
+                if request.method != "GET":
+                    return error(f"use GET for /v1/models/{rest}", 405)
+                return jsonify(service.metadata())
             if verb != ":predict":
                 return error(f"unsupported verb {verb[1:]!r}: this server implements predict only", 404)
             if request.method != "POST":
@@ -350,14 +525,47 @@ class Server:
             self._thread.join(timeout=5)
 
 
+def parse_model_specs(specs: list[str], default_name: str) -> list[tuple[str, str]]:
+    """`--model` values -> [(name, export path)]. A value is NAME=PATH, a shipped model's name
+    (served under that name), or a PATH (served as `default_name`, i.e. --model-name)."""
+    from deploy.sample import UsageError, resolve_model
+
+    out = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if sep and "/" not in name:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise UsageError(f"--model {spec}: NAME may hold letters, digits, _ . - only")
+            if not path:
+                raise UsageError(f"--model {spec}: NAME=PATH needs a path")
+            out.append((name, resolve_model(path)[1]))
+            continue
+        shipped, path = resolve_model(spec)
+        out.append((shipped or default_name, path))
+    names = [n for n, _ in out]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UsageError(f"two models would be served as {duplicates[0]!r}: name them with NAME=PATH")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from deploy.sample import shipped_models
+
     p = argparse.ArgumentParser(prog="sketch-rnn serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    p.add_argument("--model", required=True, metavar="EXPORT_DIR",
-                   help="export base dir (highest version served) or one version dir")
+    p.add_argument("--model", required=True, action="append", metavar="NAME|PATH|NAME=PATH",
+                   help="a model to serve (repeatable): a shipped model (" +
+                        (", ".join(shipped_models()) or "none installed") + ") served under its name, "
+                        "an export base dir (its highest version is served, new versions are picked "
+                        "up) or version dir served as --model-name, or NAME=PATH")
     p.add_argument("--port", type=int, default=8501, help="TCP port (default 8501, TF Serving's REST port; 0: any free)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--model-name", default="sketch_rnn", help="NAME in /v1/models/NAME (default sketch_rnn)")
+    p.add_argument("--model-name", default="sketch_rnn",
+                   help="NAME in /v1/models/NAME for a --model given as a path (default sketch_rnn)")
+    p.add_argument("--poll-interval", type=float, default=10.0, metavar="SECONDS",
+                   help="how often export base dirs are scanned for new versions, as TF Serving's "
+                        "--file_system_poll_wait_seconds (default 10; 0: never)")
     p.add_argument("--max-num", type=int, default=64, help="most sketches per request (default 64)")
     p.add_argument("--max-body-bytes", type=int, default=4 << 20, help="largest request body (default 4 MiB)")
     p.add_argument("--threads", type=int, default=8, help="worker threads serving requests (default 8)")
@@ -365,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from deploy.sample import UsageError, load_export
+    from deploy.sample import UsageError
 
     parser = build_parser()
     try:
@@ -381,38 +589,54 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"--max-body-bytes must be >= 1024, got {args.max_body_bytes}")
     if args.threads < 1:
         problems.append(f"--threads must be >= 1, got {args.threads}")
+    if not (math.isfinite(args.poll_interval) and args.poll_interval >= 0):
+        problems.append(f"--poll-interval must be >= 0 seconds, got {args.poll_interval}")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.model_name):
         problems.append(f"--model-name may hold letters, digits, _ . - only, got {args.model_name!r}")
+    specs = []
+    if not problems:
+        try:
+            specs = parse_model_specs(args.model, args.model_name)
+        except UsageError as e:
+            problems.append(str(e))
     if problems:
         parser.print_usage(sys.stderr)
         for message in problems:
             print(f"sketch-rnn serve: error: {message}", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        export = load_export(args.model)
-    except UsageError as e:
-        print(f"sketch-rnn serve: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        print(f"sketch-rnn serve: error: cannot load the model from {args.model}: {type(e).__name__}: {e}",
-              file=sys.stderr)
-        return 1
-    service = Service(export, args.model_name, args.max_num)
-    app = create_app(service, args.max_body_bytes)
+    slots = []
+    for name, path in specs:
+        try:
+            slots.append(ModelSlot(name, path, args.max_num, log=lambda m: print(m, flush=True)))
+        except UsageError as e:
+            print(f"sketch-rnn serve: error: {e}", file=sys.stderr)
+            return 2
+        except Exception as e:
+            print(f"sketch-rnn serve: error: cannot load the model from {path}: {type(e).__name__}: {e}",
+                  file=sys.stderr)
+            return 1
+    app = create_app(ModelSet(slots), args.max_body_bytes)
     try:
         server = Server(app, args.host, args.port, args.threads, args.max_body_bytes)
     except OSError as e:
         print(f"sketch-rnn serve: error: cannot listen on {args.host}:{args.port}: {e.strerror or e}",
               file=sys.stderr)
         return 1
-    print(f"serving {export.path} (version {service.version}, signatures {', '.join(sorted(service.specs))}) "
-          f"as model {args.model_name!r} at {server.url}/  "
-          f"(REST: {server.url}/v1/models/{args.model_name}:predict)", flush=True)
+    for slot in slots:
+        service = slot.service(None)
+        polling = f"; polling {slot.base} every {args.poll_interval:g} s" if slot.base and args.poll_interval else ""
+        print(f"serving {service.export.path} (version {service.version}, signatures "
+              f"{', '.join(sorted(service.specs))}) as model {slot.name!r} at {server.url}/  "
+              f"(REST: {server.url}/v1/models/{slot.name}:predict{polling})", flush=True)
+        slot.start_polling(args.poll_interval)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+    finally:
+        for slot in slots:
+            slot.stop()
     return 0
 
 

@@ -74,7 +74,14 @@ def wait_done(driver, box_id, timeout=60):
     return driver.find_element(By.ID, box_id)
 
 
+def set_auto_finish(driver, on):
+    box = driver.find_element(By.ID, "auto-finish")
+    if box.is_selected() != on:
+        box.click()
+
+
 def test_draw_then_finish_shows_candidate_svg_paths(page):
+    set_auto_finish(page, False)
     page.find_element(By.ID, "clear").click()
     draw(page, [(-100, -80), (-40, -90), (20, -60), (60, 0), (40, 70), (-30, 90)])
     draw(page, [(-50, 0), (10, 10)])
@@ -114,3 +121,53 @@ def test_drawing_to_stroke3_in_js(page):
     assert rows == [[0, 0, 0], [255, 0, 1], [0, 128, 0], [0, 0, 1]]
     z = page.execute_script("return window.sketchRnn.slerp([1, 0], [0, 1], 0.5)")
     assert abs(z[0] - 0.5 ** 0.5) < 1e-9 and abs(z[1] - 0.5 ** 0.5) < 1e-9
+
+
+def test_lifting_the_pen_asks_for_endings_and_they_are_animated(page):
+    set_auto_finish(page, True)
+    page.find_element(By.ID, "clear").click()
+    page.execute_script("window.sketchRnn.requested.length = 0; window.sketchRnn.state.animationMs = 60000;"
+                        "document.getElementById('candidates').dataset.state = 'empty';")
+    draw(page, [(-60, -60), (60, -60), (60, 60)])  # no click: the pen lift alone asks the model
+    box = wait_done(page, "candidates")
+    assert page.execute_script("return window.sketchRnn.requested") == ["/v1/models/sketch_rnn:predict"]
+    # Each ending is drawn at the pen's pace: one dash-offset animation per generated path, in
+    # order (the untrained model's endings are often single dots: animate a known one).
+    page.execute_script("window.sketchRnn.show('samples', {strokes: [[[0, 0, 0], [30, 0, 1], [0, 20, 0],"
+                        " [10, 10, 1]]], lengths: [4]}, 0)")
+    timing = page.execute_script(
+        "return [...document.querySelectorAll('#samples path.ending')].map(p => p.getAnimations()"
+        ".map(a => [a.effect.getTiming().delay, a.effect.getTiming().duration]))")
+    assert [len(t) for t in timing] == [1, 1]
+    (d0, t0), (d1, t1) = timing[0][0], timing[1][0]
+    assert d0 == 0 and abs(d1 - t0) < 1e-6 and abs(t0 + t1 - 60000) < 1e-6 and t0 > t1  # 30 px, then 14 px
+    count = int(page.find_element(By.ID, "count").get_attribute("value"))
+    assert len(box.find_elements(By.TAG_NAME, "svg")) == count
+    page.execute_script("window.sketchRnn.state.animationMs = 1500;")
+    set_auto_finish(page, False)
+
+
+def test_the_model_picker_sends_requests_to_the_chosen_model(browser, tmp_path_factory):
+    from deploy.server import ModelSet, ModelSlot, Server, create_app
+    from selenium.webdriver.support.ui import Select
+
+    export = shared_export_dir(tmp_path_factory)
+    models = ModelSet([ModelSlot("pig", export, log=lambda m: None), ModelSlot("face", export, log=lambda m: None)])
+    server = Server(create_app(models), "127.0.0.1", 0).start()
+    try:
+        browser.get(server.url + "/")
+        WebDriverWait(browser, 30).until(
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        picker = Select(browser.find_element(By.ID, "model"))
+        assert [o.text for o in picker.options] == ["pig", "face"]
+        assert picker.first_selected_option.text == "pig"
+        picker.select_by_visible_text("face")
+        browser.find_element(By.ID, "sample").click()
+        wait_done(browser, "samples")
+        assert browser.execute_script("return window.sketchRnn.requested") == ["/v1/models/face:predict"]
+        browser.get(server.url + "/?model=face")  # a link to one model
+        WebDriverWait(browser, 30).until(
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        assert Select(browser.find_element(By.ID, "model")).first_selected_option.text == "face"
+    finally:
+        server.stop()

@@ -5,8 +5,12 @@
 const QUICKDRAW_SIZE = 255;   // drawings are scaled like Quick Draw's simplified set (0..255)
 const RDP_EPSILON = 2.0;      // and simplified with the same Ramer-Douglas-Peucker tolerance
 
+
 const state = {
-  config: null,      // /config.json: model_name, signatures, max_seq_len, max_num, ...
+  config: null,      // the chosen model of /config.json: model_name, signatures, max_seq_len, ...
+  models: [],        // every model the server serves (/config.json "models")
+  requests: {},      // box id -> number of the latest request; older answers are dropped
+  animationMs: 1500, // a generated sketch is drawn stroke by stroke over this time
   strokes: [],       // what is on the canvas: [[[x, y], ...], ...] in canvas pixels
   current: null,     // the stroke being drawn
   kept: { A: null, B: null },  // stroke-3 drawings kept for the interpolation
@@ -60,9 +64,12 @@ pad.addEventListener("pointermove", (e) => {
   }
 });
 function endStroke() {
-  if (state.current) state.strokes.push(state.current);
+  const lifted = state.current;
+  if (lifted) state.strokes.push(lifted);
   state.current = null;
   redraw();
+  // The model finishes the drawing each time the pen is lifted (as magenta's demos do).
+  if (lifted && $("auto-finish").checked && state.config) $("complete").click();
 }
 pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
@@ -118,6 +125,7 @@ function toStroke3(strokes, maxLen) {
 
 async function predict(signature, inputs) {
   const url = `/v1/models/${encodeURIComponent(state.config.model_name)}:predict`;
+  window.sketchRnn.requested.push(url);
   const response = await fetch(url, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
@@ -184,11 +192,30 @@ function strokesToSvg(rows, length, prefixLength, size, caption) {
   return figure;
 }
 
+function animate(svg) {
+  // Draws the model's paths one after the other, each at the pen's pace (stroke-dashoffset from
+  // the path's length to 0); the user's own strokes (.prefix) are shown at once.
+  const paths = [...svg.querySelectorAll("path.ending")];
+  const lengths = paths.map((p) => p.getTotalLength());
+  const total = lengths.reduce((a, b) => a + b, 0);
+  if (!total || !paths[0].animate) return;
+  let start = 0;
+  paths.forEach((path, i) => {
+    const len = Math.max(lengths[i], 0.01), dash = `${len} ${len}`;
+    path.animate([{ strokeDasharray: dash, strokeDashoffset: len }, { strokeDasharray: dash, strokeDashoffset: 0 }],
+                 { duration: state.animationMs * len / total, delay: state.animationMs * start / total,
+                   fill: "backwards" });
+    start += len;
+  });
+}
+
 function show(containerId, outputs, prefixLength, captions) {
   const box = $(containerId);
   box.replaceChildren();
   outputs.strokes.forEach((rows, i) => {
-    box.appendChild(strokesToSvg(rows, outputs.lengths[i], prefixLength, 140, captions ? captions[i] : ""));
+    const figure = strokesToSvg(rows, outputs.lengths[i], prefixLength, 140, captions ? captions[i] : "");
+    box.appendChild(figure);
+    animate(figure.querySelector("svg"));
   });
   box.dataset.state = "done";
 }
@@ -213,40 +240,44 @@ function currentDrawing() {
 }
 
 async function run(button, containerId, work) {
+  // One request per click; when clicks overlap (the pen lifted twice quickly), only the answer to
+  // the latest one is shown: `work(fresh)` renders only while fresh() is true.
   const box = containerId ? $(containerId) : null;
+  const id = (state.requests[containerId] || 0) + 1;
+  state.requests[containerId] = id;
+  const fresh = () => state.requests[containerId] === id;
   try {
-    button.disabled = true;
     if (box) box.dataset.state = "busy";
     setStatus("asking the model\u2026");
-    await work();
-    setStatus("");
+    await work(fresh);
+    if (fresh()) setStatus("");
   } catch (err) {
+    if (!fresh()) return;
     if (box) box.dataset.state = "error";
     setStatus(String(err.message || err), true);
-  } finally {
-    button.disabled = false;
   }
 }
 
-$("complete").onclick = (e) => run(e.target, "candidates", async () => {
+$("complete").onclick = (e) => run(e.target, "candidates", async (fresh) => {
   const rows = currentDrawing();
   const num = clampInt("count", 1, state.config.max_num);
   const out = await predict("complete", { strokes: [rows], lengths: [rows.length], num,
                                           temperature: temperature(), seed: newSeed() });
-  show("candidates", out, rows.length);
+  if (fresh()) show("candidates", out, rows.length);
 });
 
-$("sample").onclick = (e) => run(e.target, "samples", async () => {
+$("sample").onclick = (e) => run(e.target, "samples", async (fresh) => {
   const num = clampInt("count", 1, state.config.max_num);
-  show("samples", await predict("sample", { num, temperature: temperature(), seed: newSeed() }), 0);
+  const out = await predict("sample", { num, temperature: temperature(), seed: newSeed() });
+  if (fresh()) show("samples", out, 0);
 });
 
-$("reconstruct").onclick = (e) => run(e.target, "samples", async () => {
+$("reconstruct").onclick = (e) => run(e.target, "samples", async (fresh) => {
   const rows = currentDrawing();
   const num = clampInt("count", 1, state.config.max_num);
   const { mu } = await predict("encode", { strokes: [rows], lengths: [rows.length] });
-  show("samples", await predict("decode", { z: Array(num).fill(mu[0]), temperature: temperature(),
-                                            seed: newSeed() }), 0);
+  const out = await predict("decode", { z: Array(num).fill(mu[0]), temperature: temperature(), seed: newSeed() });
+  if (fresh()) show("samples", out, 0);
 });
 
 function keep(name) {
@@ -263,7 +294,7 @@ function keep(name) {
 $("keep-a").onclick = () => { try { keep("A"); } catch (err) { setStatus(err.message, true); } };
 $("keep-b").onclick = () => { try { keep("B"); } catch (err) { setStatus(err.message, true); } };
 
-$("interpolate").onclick = (e) => run(e.target, "interpolation", async () => {
+$("interpolate").onclick = (e) => run(e.target, "interpolation", async (fresh) => {
   const { A, B } = state.kept;
   if (!A || !B) throw new Error("keep two drawings first (Keep as A, then Keep as B)");
   const n = Math.max(A.length, B.length);
@@ -274,27 +305,40 @@ $("interpolate").onclick = (e) => run(e.target, "interpolation", async () => {
   const z = ts.map((t) => slerp(mu[0], mu[1], t));
   // One seed for every frame, so the frames differ only by z.
   const out = await predict("decode", { z, temperature: Math.min(temperature(), 0.25), seed: 7 });
-  show("interpolation", out, 0, ts.map((t) => `t=${t.toFixed(2)}`));
+  if (fresh()) show("interpolation", out, 0, ts.map((t) => `t=${t.toFixed(2)}`));
 });
 
 // --- start ---
 
+function chooseModel(name) {
+  const c = state.models.find((m) => m.model_name === name) || state.models[0];
+  state.config = c;
+  $("model").value = c.model_name;
+  $("model-info").textContent = `version ${c.version}: ` +
+    `signatures ${c.signatures.join(", ")}; up to ${c.max_seq_len} points, ${c.max_num} sketches a request` +
+    (c.classes && c.classes.length ? `; trained on ${c.classes.join(", ")}` : "");
+  $("count").max = String(Math.min(16, c.max_num));
+  const conditional = c.signatures.includes("encode") && c.signatures.includes("decode");
+  for (const id of ["reconstruct", "keep-a", "keep-b", "interpolate"]) $(id).disabled = !conditional;
+  for (const id of ["candidates", "samples", "interpolation"]) {  // what another model drew
+    $(id).replaceChildren();
+    $(id).dataset.state = "empty";
+  }
+}
+
 async function init() {
   try {
     const response = await fetch("/config.json");
-    state.config = await response.json();
-    const c = state.config;
-    $("model-info").textContent = `model "${c.model_name}" version ${c.version}: ` +
-      `signatures ${c.signatures.join(", ")}; up to ${c.max_seq_len} points, ${c.max_num} sketches a request` +
-      (c.classes && c.classes.length ? `; trained on ${c.classes.join(", ")}` : "");
-    $("count").max = String(Math.min(16, c.max_num));
-    const conditional = c.signatures.includes("encode") && c.signatures.includes("decode");
-    for (const id of ["reconstruct", "keep-a", "keep-b", "interpolate"]) $(id).disabled = !conditional;
+    const config = await response.json();
+    state.models = config.models || [config];  // servers before several models: one, at the top level
+    $("model").replaceChildren(...state.models.map((m) => new Option(m.model_name, m.model_name)));
+    $("model").onchange = () => chooseModel($("model").value);
+    chooseModel(new URLSearchParams(location.search).get("model") || state.models[0].model_name);
     document.body.dataset.ready = "1";
   } catch (err) {
     setStatus(`cannot reach the server: ${err.message || err}`, true);
   }
 }
 
-window.sketchRnn = { toStroke3, slerp, strokesToSvg, state };
+window.sketchRnn = { toStroke3, slerp, strokesToSvg, show, state, requested: [] };
 init();
