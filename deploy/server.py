@@ -31,9 +31,11 @@ in one of TF Serving's two formats:
   split along their first dimension: one prediction per sketch (so `sample` with num = 4 gives four
   predictions from one instance).
 
-Errors: `{"error": "..."}` with HTTP 400 for a bad request (unknown signature or input, wrong shape
-or type, NaN, over the limits, bad JSON, body too large), 404 for an unknown model, version or path,
-405 for a wrong method, 500 if TensorFlow fails. Strokes in the outputs are rounded to 1/1000 pixel.
+Errors, with TF Serving's codes: `{"error": "..."}` with HTTP 400 for a bad request (unknown
+signature or input, wrong shape or type, NaN, over the limits, bad JSON, body too large) and for a
+malformed request (a path, verb or method the API does not have: "Malformed request: POST /x"),
+404 for an unknown model or version, 500 if TensorFlow fails (the details go to the server log,
+not to the client). A request without `signature_name` runs `serving_default` (= `sample`). Strokes in the outputs are rounded to 1/1000 pixel.
 Requests run concurrently (waitress worker threads; TF functions are thread safe).
 """
 
@@ -55,8 +57,6 @@ MAX_TEMPERATURE = 10.0
 MAX_ABS_VALUE = 1e5  # pixels offsets or latent values beyond this are corrupt input
 BATCHED = {"strokes", "lengths", "z"}  # inputs with a leading batch dimension
 _PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<rest>:[A-Za-z]+|/metadata)?$")
-_DTYPE_NAMES = {"float32": "DT_FLOAT", "int32": "DT_INT32", "int64": "DT_INT64", "float64": "DT_DOUBLE",
-                "string": "DT_STRING"}
 
 
 class BadRequest(Exception):
@@ -106,24 +106,11 @@ class Service:
                 "signatures": sorted(self.specs), **self.limits()}
 
     def metadata(self) -> dict[str, Any]:
-        def tensor_info(spec_name, spec):
-            dims = [] if spec.shape.rank is None else [
-                {"size": str(-1 if d is None else d), "name": ""} for d in spec.shape.as_list()]
-            return {"dtype": _DTYPE_NAMES.get(spec.dtype.name, spec.dtype.name),
-                    "tensor_shape": {"dim": dims, "unknown_rank": spec.shape.rank is None},
-                    "name": spec_name}
-
-        defs = {}
-        for name, fn in sorted(self.export.signatures.items()):
-            outputs = fn.structured_outputs
-            defs[name] = {
-                "inputs": {k: tensor_info(f"{name}_{k}:0", s) for k, s in sorted(self.specs[name].items())},
-                "outputs": {k: tensor_info(f"StatefulPartitionedCall:{i}", v)
-                            for i, (k, v) in enumerate(sorted(outputs.items()))},
-                "method_name": "tensorflow/serving/predict",
-            }
+        """TF Serving's GetModelMetadata: the SavedModel's own SignatureDefs (tensor names as the
+        graph has them), plus our limits under `sketch_rnn` (an extension TF Serving lacks)."""
         return {"model_spec": {"name": self.model_name, "signature_name": "", "version": self.version},
-                "metadata": {"signature_def": {"signature_def": defs}, "sketch_rnn": self.limits()}}
+                "metadata": {"signature_def": {"signature_def": signature_defs(self.export.path)},
+                             "sketch_rnn": self.limits()}}
 
     # --- predict ---
 
@@ -247,6 +234,24 @@ class Service:
         if key == "strokes":
             return np.round(value.astype(np.float64), 3).tolist()
         return value.tolist()
+
+
+def signature_defs(version_dir: str) -> dict[str, Any]:
+    """The `serve` MetaGraph's SignatureDefs of version_dir/saved_model.pb as TF Serving prints
+    them (proto field names, default values included, int64 sizes as strings)."""
+    import tensorflow as tf
+    from google.protobuf import json_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    graph = next(g for g in proto.meta_graphs if "serve" in g.meta_info_def.tags)
+    out = {}
+    for name in sorted(graph.signature_def):
+        out[name] = json_format.MessageToDict(graph.signature_def[name], preserving_proto_field_name=True,
+                                              always_print_fields_with_no_presence=True)
+    return out
 
 
 def _version_status(version: str, state: str, error: str = "") -> dict[str, Any]:
@@ -442,12 +447,14 @@ def create_app(models, max_body_bytes: int = 4 << 20):
 
     @app.errorhandler(HTTPException)
     def http_error(e):
+        if e.code in (404, 405):  # TF Serving: any path or method it does not serve is malformed.
+            return error(f"Malformed request: {request.method} {request.path}", 400)
         return error(f"{e.name}: {e.description}", e.code or 500)
 
     @app.errorhandler(Exception)
-    def internal(e):  # Never crash on input: whatever escaped becomes a JSON 500.
-        app.logger.exception("predict failed")
-        return error(f"internal error: {type(e).__name__}: {e}", 500)
+    def internal(e):  # Never crash on input: whatever escaped becomes a JSON 500, details in the log.
+        app.logger.exception("request failed: %s %s", request.method, request.path)
+        return error("internal error while running the model (the server log has the details)", 500)
 
     @app.get("/")
     def index():
@@ -460,24 +467,26 @@ def create_app(models, max_body_bytes: int = 4 << 20):
     @app.route("/v1/models/<path:rest>", methods=["GET", "POST"])
     def model_api(rest):
         m = _PATH.match(rest)
+        malformed = error(f"Malformed request: {request.method} /v1/models/{rest}", 400)
         if not m:
-            return error(f"Malformed request: {request.method} /v1/models/{rest}", 404)
+            return malformed
         name, version, verb = m.group("name"), m.group("version"), m.group("rest")
         try:
             slot = models.slot(name)
             if verb is None:
                 if request.method != "GET":
-                    return error(f"use GET for /v1/models/{rest}", 405)
+                    return malformed
                 return jsonify(slot.status(version))
-            service = slot.service(version)
             if verb == "/metadata":
                 if request.method != "GET":
-                    return error(f"use GET for /v1/models/{rest}", 405)
-                return jsonify(service.metadata())
-            if verb != ":predict":
-                return error(f"unsupported verb {verb[1:]!r}: this server implements predict only", 404)
+                    return malformed
+                return jsonify(slot.service(version).metadata())
+            if verb != ":predict":  # TF Serving's :classify and :regress need tf.Example signatures.
+                return error(f"Malformed request: {request.method} /v1/models/{rest} (this server "
+                             "implements :predict only)", 400)
             if request.method != "POST":
-                return error("use POST for :predict", 405)
+                return malformed
+            service = slot.service(version)
             raw = request.get_data(cache=False)
             try:
                 body = json.loads(raw)

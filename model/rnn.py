@@ -96,7 +96,7 @@ class LSTM(keras.layers.Layer):
         b = tf.cast(self.bias, dtype)
         return (tf.matmul(x, k) if x.shape.rank == 2 else tf.einsum("btd,dg->btg", x, k)) + b
 
-    def weights(self) -> dict[str, tf.Tensor]:
+    def cell_weights(self) -> dict[str, tf.Tensor]:
         """The step's weights read once (in the compute dtype), to pass into a loop: reading
         variables inside a while loop makes its gradient accumulate every read."""
         dtype = self.compute_dtype
@@ -111,9 +111,9 @@ class LSTM(keras.layers.Layer):
         """One step from the projected input `xw` `[B, 4H]`: returns (h, c) `[B, H]`.
 
         `drop_mask` `[B, H]` (already scaled by 1 / (1 - rate)) multiplies the candidate g.
-        `weights`: from `weights()` (read here when None).
+        `weights`: from `cell_weights()` (read here when None).
         """
-        return lstm_step(xw, h, c, weights if weights is not None else self.weights(),
+        return lstm_step(xw, h, c, weights if weights is not None else self.cell_weights(),
                          self.layer_norm, drop_mask)
 
     def call(self, inputs: tf.Tensor, initial_state: tuple[tf.Tensor, tf.Tensor] | None = None,
@@ -143,7 +143,7 @@ class LSTM(keras.layers.Layer):
             if result is not None:
                 return result
         xw = tf.transpose(self.project(inputs), [1, 0, 2])  # [T, B, 4H]
-        outputs, state = scan(xw, h0, c0, self.weights(), self.layer_norm,
+        outputs, state = scan(xw, h0, c0, self.cell_weights(), self.layer_norm,
                               self.recurrent_dropout if use_dropout else 0.0, lengths)
         return tf.transpose(outputs, [1, 0, 2]), state
 
@@ -172,7 +172,7 @@ class LSTM(keras.layers.Layer):
 
 def lstm_step(xw: tf.Tensor, h: tf.Tensor, c: tf.Tensor, w: dict[str, tf.Tensor], layer_norm: bool,
               drop_mask: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
-    """The cell: `xw` `[..., B, 4H]` (x W + b), h, c `[..., B, H]`, weights from `LSTM.weights()`
+    """The cell: `xw` `[..., B, 4H]` (x W + b), h, c `[..., B, H]`, weights from `LSTM.cell_weights()`
     (a leading axis of K stacked cells is allowed: recurrent kernel `[K, H, 4H]`)."""
     z = xw + tf.matmul(h, w["recurrent_kernel"])
     if layer_norm:

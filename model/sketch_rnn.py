@@ -198,7 +198,7 @@ class SketchRNN(keras.Model):
         end = tf.constant(END_ROW)
         lengths0 = tf.fill([n], tf.cast(steps, tf.int32))
         dtype = self.decoder.compute_dtype
-        weights = self.decoder.weights()
+        weights = self.decoder.cell_weights()
         # The z part of the decoder's input projection is the same at every step.
         z_proj = None
         kernel = tf.cast(self.decoder.kernel, dtype)

@@ -132,7 +132,8 @@ def test_cloud_run_service_runs_a_valid_serve_command():
     assert args.host == "0.0.0.0" and args.port == container["ports"][0]["containerPort"]
     assert container["startupProbe"]["httpGet"] == {"path": f"/v1/models/{args.model_name}", "port": args.port}
     mount, = container["volumeMounts"]
-    assert args.model.startswith(mount["mountPath"] + "/")
+    model, = args.model
+    assert model.startswith(mount["mountPath"] + "/")
 
 
 def test_dockerfile_copies_every_package_and_runs_the_cli():

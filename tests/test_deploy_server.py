@@ -45,7 +45,8 @@ def test_status_and_metadata(server):
     assert status == 200
     assert meta["model_spec"] == {"name": "sketch_rnn", "signature_name": "", "version": "1"}
     defs = meta["metadata"]["signature_def"]["signature_def"]
-    assert sorted(defs) == ["complete", "decode", "encode", "sample"]
+    # Every SignatureDef of the graph, as TF Serving lists them (its init op included).
+    assert sorted(defs) == ["__saved_model_init_op", "complete", "decode", "encode", "sample", "serving_default"]
     assert sorted(defs["complete"]["inputs"]) == ["lengths", "num", "seed", "strokes", "temperature"]
     assert defs["sample"]["inputs"]["num"]["dtype"] == "DT_INT32"
     assert defs["sample"]["inputs"]["num"]["tensor_shape"] == {"dim": [], "unknown_rank": False}
@@ -56,6 +57,24 @@ def test_status_and_metadata(server):
     assert meta["metadata"]["sketch_rnn"]["z_size"] == Z
     status, config = http(f"{server.url}/config.json")
     assert status == 200 and config["model_name"] == "sketch_rnn" and config["max_num"] == 64
+
+
+def test_metadata_tensor_names_run_in_the_session_loader(server, tmp_path_factory):
+    """The names in /metadata are the graph's own: a TF1 client (TF Serving's restore path) can feed
+    and fetch them. Hand-built names (`StatefulPartitionedCall:0` for every output) fail here."""
+    import tensorflow as tf
+
+    defs = http(f"{server.url}/v1/models/sketch_rnn/metadata")[1]["metadata"]["signature_def"]["signature_def"]
+    sig = defs["serving_default"]
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+        tf.compat.v1.saved_model.loader.load(sess, ["serve"], os.path.join(shared_export_dir(tmp_path_factory), "1"))
+        feed = {sig["inputs"]["num"]["name"]: 2, sig["inputs"]["temperature"]["name"]: 0.5,
+                sig["inputs"]["seed"]["name"]: 3}
+        strokes, lengths = sess.run([sig["outputs"]["strokes"]["name"], sig["outputs"]["lengths"]["name"]], feed)
+    assert strokes.shape == (2, MAX_SEQ_LEN, 3) and lengths.shape == (2,)
+    out = ok(f"{server.url}/v1/models/sketch_rnn:predict",
+             {"inputs": {"num": 2, "temperature": 0.5, "seed": 3}})["outputs"]  # serving_default
+    assert out["lengths"] == lengths.tolist()
 
 
 # --- each signature in both formats ---------------------------------------------------------
@@ -86,14 +105,37 @@ def test_encode_columnar_and_row(predict_url):
     assert np.allclose([r["mu"] for r in rows["predictions"]], mu, atol=1e-6)
 
 
-def test_decode_columnar_and_row(predict_url):
+def test_decode_columnar_and_row(predict_url, tmp_path_factory):
+    """Both formats return what the SavedModel's decode signature gives for the same z,
+    temperature and seed (strokes rounded to 1/1000 pixel); row i of the row format is z[i]'s
+    decoding (checked greedily, where each row's decoding does not depend on the others)."""
+    import tensorflow as tf
+
+    module = tf.saved_model.load(os.path.join(shared_export_dir(tmp_path_factory), "1"))
+
+    def direct(z, temperature, seed):
+        out = module.signatures["decode"](z=tf.constant(z, tf.float32), temperature=tf.constant(temperature),
+                                          seed=tf.constant(seed))
+        return np.round(out["strokes"].numpy().astype(np.float64), 3), out["lengths"].numpy().tolist()
+
     z = np.linspace(-1, 1, 2 * Z).reshape(2, Z).round(3).tolist()
     out = ok(predict_url, {"signature_name": "decode",
                            "inputs": {"z": z, "temperature": 0.3, "seed": 1}})["outputs"]
     assert np.array(out["strokes"]).shape == (2, MAX_SEQ_LEN, 3)
+    strokes, lengths = direct(z, 0.3, 1)
+    assert out["lengths"] == lengths
+    np.testing.assert_allclose(out["strokes"], strokes, atol=1e-9)
     rows = ok(predict_url, {"signature_name": "decode", "instances": [
         {"z": z[0], "temperature": 0.3, "seed": 1}, {"z": z[1], "temperature": 0.3, "seed": 1}]})
     assert [r["lengths"] for r in rows["predictions"]] == out["lengths"]
+    assert [r["strokes"] for r in rows["predictions"]] == out["strokes"]
+    greedy = ok(predict_url, {"signature_name": "decode", "instances": [
+        {"z": z[0], "temperature": 0.0, "seed": 1}, {"z": z[1], "temperature": 0.0, "seed": 1}]})["predictions"]
+    for i in range(2):
+        s, n = direct(z[i:i + 1], 0.0, 1)
+        assert greedy[i]["lengths"] == n[0]
+        np.testing.assert_allclose(greedy[i]["strokes"], s[0], atol=2e-3)
+    assert greedy[0]["strokes"] != greedy[1]["strokes"]  # The decoding depends on z.
 
 
 def test_complete_columnar_and_row_keeps_the_prefix(predict_url):
@@ -118,7 +160,7 @@ BAD = {
     "not an object": ([1, 2], "must be a JSON object"),
     "unknown key": ({"signature_name": "sample", "inputs": {}, "extra": 1}, "unknown request key"),
     "unknown signature": ({"signature_name": "classify", "inputs": {}}, "'classify' not found"),
-    "no signature name": ({"inputs": {"num": 1}}, "'serving_default' not found"),
+    "no signature name": ({"inputs": {"num": 1}}, "missing input(s) ['seed', 'temperature'] for signature 'serving_default'"),
     "both formats": ({"signature_name": "sample", "inputs": {}, "instances": []}, "exactly one of"),
     "neither format": ({"signature_name": "sample"}, "exactly one of"),
     "inputs not an object": ({"signature_name": "sample", "inputs": [1, 0.5, 1]}, "'inputs' must be an object"),
@@ -200,12 +242,15 @@ def test_not_found_and_wrong_method_are_json(server):
     status, out = http(f"{server.url}/v1/models/sketch_rnn/versions/2:predict",
                        {"signature_name": "sample", "inputs": {"num": 1, "temperature": 1, "seed": 1}})
     assert status == 404 and "version" in out["error"]
+    # Paths, verbs and methods the API lacks are malformed requests (400), as TF Serving has them.
     status, out = http(f"{server.url}/v1/models/sketch_rnn:classify", {})
-    assert status == 404 and "predict only" in out["error"]
+    assert status == 400 and "Malformed request" in out["error"] and "predict only" in out["error"]
     status, out = http(f"{server.url}/v1/models/sketch_rnn:predict")  # GET
-    assert status == 405 and "POST" in out["error"]
+    assert (status, out) == (400, {"error": "Malformed request: GET /v1/models/sketch_rnn:predict"})
+    status, out = http(f"{server.url}/v1/models/sketch_rnn/metadata", {})  # POST
+    assert status == 400 and "Malformed request: POST" in out["error"]
     status, out = http(f"{server.url}/nothing/here")
-    assert status == 404 and "error" in out
+    assert (status, out) == (400, {"error": "Malformed request: GET /nothing/here"})
     # The server is still fine after all of that.
     assert http(f"{server.url}/v1/models/sketch_rnn")[0] == 200
 

@@ -156,7 +156,7 @@ def test_preprocess_train_export_load_sample(tmp_path, sample_dir):
     # 4. A fresh process with only TensorFlow loads it and samples.
     out = run_script(tmp_path, "load", LOAD_SCRIPT, version_dir, project=False)
     assert out["project_modules"] == []
-    assert out["signatures"] == ["complete", "decode", "encode", "sample"]
+    assert out["signatures"] == ["complete", "decode", "encode", "sample", "serving_default"]
     strokes, lengths = np.asarray(out["strokes"], np.float32), np.asarray(out["lengths"])
     n_max = meta["longest_sketch"]  # Sampling runs N_max steps, not the --max-seq-len cap.
     assert n_max <= MAX_SEQ_LEN and strokes.shape == (5, n_max, 3)

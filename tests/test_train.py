@@ -118,7 +118,7 @@ def test_train_mirrored_resume_export(tmp_path, sample_dir):
     out = run_script(tmp_path, LOAD_SCRIPT, export, json.dumps(probe.tolist()), project=False)
     assert out["project_modules"] == []
     n_max = metadata["max_seq_len"]
-    assert out["signatures"] == ["complete", "decode", "encode", "sample"]
+    assert out["signatures"] == ["complete", "decode", "encode", "sample", "serving_default"]
     assert out["sample_repeat_equal"]
     assert_valid_sketches(*out["sample"], n_max)
     assert_valid_sketches(*out["decode"], n_max)

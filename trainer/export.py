@@ -3,12 +3,13 @@
 Signatures (strokes are stroke-3 float32 `[.., N, 3]` rows (dx, dy, pen_lifted) in PIXEL units;
 normalization by the data's scale factor and stroke-3 <-> stroke-5 happen inside the graph):
   sample(num: int32[], temperature: float32[], seed: int32[]) -> {strokes [num, N_max, 3], lengths [num]}
+  serving_default: the same as sample (the signature a TF Serving request without a name gets)
   encode(strokes [B, N, 3], lengths [B]) -> {mu [B, Z], sigma [B, Z]}   (sigma = exp(sigma_hat / 2))
   decode(z [B, Z], temperature: float32[], seed: int32[]) -> {strokes [B, N_max, 3], lengths [B]}
   complete(strokes [1, N, 3], lengths [1], num, temperature, seed) -> {strokes, lengths}
      (the returned strokes start with the given prefix)
-Unconditional models export sample and complete only. Rows from `lengths[i]` on are zeros; the
-last real row has pen_lifted = 1.
+Unconditional models export serving_default, sample and complete only. Rows from `lengths[i]` on
+are zeros; the last real row has pen_lifted = 1.
 """
 
 from __future__ import annotations
@@ -46,16 +47,34 @@ def stroke5_to_stroke3_tf(strokes5: tf.Tensor, lengths: tf.Tensor, scale: float)
     return tf.where((idx < lengths[:, None])[..., None], rows, 0.0)
 
 
+class _Held:
+    """A plain holder: what it holds stays out of the SavedModel's object graph."""
+
+    def __init__(self, value):
+        self.value = value
+
+
 class SketchModule(tf.Module):
-    """tf.Module holding the Keras model and the data's scale factor, with serving functions.
+    """tf.Module with the serving functions over a Keras SketchRNN and the data's scale factor.
+
+    What is saved: the functions and `serving_variables`, the `tf.Variable`s the functions read
+    (as `keras.export.ExportArchive` does), not the Keras model. A Keras 3 variable saved through
+    its layer is written as a second variable initialized from the one the functions capture; the
+    TF1 session loader (`saved_model_cli run`, TF Serving's SavedModelBundle) restores only the
+    second, and every signature then fails on an uninitialized variable. `tf.saved_model.load`
+    (TF2) hides this. Listing the captured variables on the module saves each once, under the
+    handle the graphs read. `track_variables()` does that; `export_saved_model` calls it.
 
     `xla`: compile `sample` and `decode` with XLA (jit_compile): one sketch of 250 points takes
-    about a third of the time on CPU. The first call for each `num` compiles (about a second).
+    about a third of the time on CPU; the first call for each `num` compiles (about a second),
+    and the same seed gives other sketches than without XLA. Off by default: TF Serving's
+    model server disables XLA on CPU unless started with `--xla_cpu_compilation_enabled`, and
+    such signatures then fail on their first request.
     """
 
-    def __init__(self, model, hps: HParams, metadata: dict[str, Any], xla: bool = True):
+    def __init__(self, model, hps: HParams, metadata: dict[str, Any], xla: bool = False):
         super().__init__(name="sketch_rnn")
-        self.model = model
+        self._held = _Held(model)
         self.scale = float(metadata["scale_factor"])
         self.max_len = schema.n_max(metadata)  # Sampling runs at most N_max steps.
         self.conditional = hps.conditional
@@ -75,6 +94,30 @@ class SketchModule(tf.Module):
             self.decode = tf.function(self._decode, jit_compile=jit, input_signature=[
                 tf.TensorSpec([None, None], tf.float32, name="z"),
                 tf.TensorSpec([], tf.float32, name="temperature"), tf.TensorSpec([], tf.int32, name="seed")])
+
+    @property
+    def model(self):
+        """The Keras SketchRNN (not saved: the functions and `serving_variables` are)."""
+        return self._held.value
+
+    def signature_functions(self) -> dict[str, Any]:
+        """Signature name -> tf.function; `serving_default` is `sample`."""
+        fns = {"serving_default": self.sample, "sample": self.sample, "complete": self.complete}
+        if self.conditional:
+            fns["encode"] = self.encode
+            fns["decode"] = self.decode
+        return fns
+
+    def track_variables(self) -> list[tf.Variable]:
+        """Traces every signature and lists the variables their graphs read on the module, each
+        once, in the order the model holds them. Returns that list."""
+        captured = {}
+        for fn in self.signature_functions().values():
+            for v in fn.get_concrete_function().variables:
+                captured.setdefault(id(v), v)
+        order = {id(w.value): i for i, w in enumerate(self.model.weights)}
+        self.serving_variables = sorted(captured.values(), key=lambda v: order.get(id(v), len(order)))
+        return list(self.serving_variables)
 
     def _out(self, strokes5, lengths):
         lengths = tf.cast(lengths, tf.int32)
@@ -100,23 +143,22 @@ class SketchModule(tf.Module):
 
 
 def export_saved_model(model, hps: HParams, metadata: dict[str, Any], export_base_dir: str,
-                       version: int | None = None, xla: bool = True) -> str:
+                       version: int | None = None, xla: bool = False) -> str:
     """Writes `export_base_dir/<version>/` (saved_model.pb, variables/, assets.extra/{hparams,metadata}.json).
 
     `version` defaults to the current Unix time in seconds (TF Serving serves the highest).
-    `xla`: XLA-compile `sample` and `decode` (see SketchModule); False for a runtime without XLA.
-    Returns the version directory.
+    Signatures: serving_default (= sample), sample, complete, and for conditional models encode and
+    decode; the TF1 session loader (TF Serving, `saved_model_cli run`) restores and runs each.
+    `xla`: XLA-compile `sample` and `decode` (see SketchModule; TF Serving needs
+    `--xla_cpu_compilation_enabled` for those on CPU). Returns the version directory.
     """
     version = int(version if version is not None else time.time())
     path = os.path.join(export_base_dir, str(version))
     if tf.io.gfile.exists(path):
         raise FileExistsError(f"{path} exists: choose another --version or export dir")
     module = SketchModule(model, hps, metadata, xla=xla)
-    signatures = {"sample": module.sample, "complete": module.complete}
-    if hps.conditional:
-        signatures["encode"] = module.encode
-        signatures["decode"] = module.decode
-    tf.saved_model.save(module, path, signatures=signatures)
+    module.track_variables()
+    tf.saved_model.save(module, path, signatures=module.signature_functions())
     extra = os.path.join(path, "assets.extra")
     tf.io.gfile.makedirs(extra)
     with tf.io.gfile.GFile(os.path.join(extra, "hparams.json"), "w") as f:

@@ -1,0 +1,211 @@
+"""The export as TF Serving loads it: the TF1 session loader (`tf.compat.v1.saved_model.loader`,
+the restore path of TF Serving's C++ SavedModelBundle and of `saved_model_cli run`) restores every
+variable and runs every signature, with the outputs of the TF2 loader (`tf.saved_model.load`,
+what deploy/ uses, and which does not see a variable the session loader leaves uninitialized).
+
+One untrained `tiny` model is exported per module (a few seconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from model.hparams import HParams
+from model.sketch_rnn import SketchRNN
+from trainer.export import export_saved_model
+
+MAX_SEQ_LEN = 32
+SQUARE = [[10.0, 10.0, 0.0], [20.0, 0.0, 0.0], [0.0, 20.0, 0.0], [-20.0, 0.0, 0.0], [0.0, -20.0, 1.0],
+          [5.0, 5.0, 0.0], [3.0, 2.0, 1.0]]
+
+
+def _inputs(z_size: int) -> dict[str, dict[str, np.ndarray]]:
+    """Signature name -> its inputs (NumPy, the signature's dtypes)."""
+    square = np.array(SQUARE, np.float32)
+    batch = np.zeros([2, len(SQUARE), 3], np.float32)
+    batch[0], batch[1, :4] = square, square[:4]
+    batch[1, 3, 2] = 1.0
+    sampling = {"num": np.int32(3), "temperature": np.float32(0.5), "seed": np.int32(7)}
+    z = np.random.default_rng(0).normal(size=[2, z_size]).astype(np.float32)
+    return {
+        "serving_default": sampling,
+        "sample": sampling,
+        "complete": {"strokes": square[None, :5], "lengths": np.array([5], np.int32),
+                     "num": np.int32(2), "temperature": np.float32(0.5), "seed": np.int32(3)},
+        "encode": {"strokes": batch, "lengths": np.array([7, 4], np.int32)},
+        "decode": {"z": z, "temperature": np.float32(0.5), "seed": np.int32(1)},
+    }
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    """(version dir, hparams, model) of a fresh conditional tiny export with the default options."""
+    hps = HParams.preset("tiny")
+    model = SketchRNN(hps, max_seq_len=MAX_SEQ_LEN)
+    model({"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2])}, training=False)
+    metadata = {"format_version": 1, "scale_factor": 10.0, "max_seq_len": MAX_SEQ_LEN, "classes": ["cat"]}
+    path = export_saved_model(model, hps, metadata, str(tmp_path_factory.mktemp("export")), version=1)
+    return path, hps, model
+
+
+@pytest.fixture(scope="module")
+def tf2_outputs(export):
+    """Signature name -> outputs through `tf.saved_model.load` (the reference)."""
+    path, hps, _ = export
+    loaded = tf.saved_model.load(path)
+    out = {}
+    for name, inputs in _inputs(hps.z_size).items():
+        fn = loaded.signatures[name]
+        out[name] = {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+    return out
+
+
+@contextlib.contextmanager
+def _xla_compilation_disabled():
+    """XLA compilation off in this process while inside, as tensorflow_model_server runs without
+    `--xla_cpu_compilation_enabled` (it calls tensorflow::DisableXlaCompilation; compiling then
+    fails with "XLA compilation disabled"). Yields False where TensorFlow does not export it."""
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(tf.__file__), "libtensorflow_cc.so.2"))
+        disable = lib._ZN10tensorflow21DisableXlaCompilationEv
+        enable = lib._ZN10tensorflow20EnableXlaCompilationEv
+        failing = lib._ZN10tensorflow20FailOnXlaCompilationEv
+    except (OSError, AttributeError):
+        yield False
+        return
+    failing.restype = ctypes.c_bool
+    disable()
+    try:
+        assert failing()
+        yield True
+    finally:
+        enable()
+
+
+def _run_session_loader(path: str, inputs: dict[str, dict[str, np.ndarray]]):
+    """Loads `path` with the TF1 loader in a Session on its own Graph and runs each signature
+    through its SignatureDef tensor names. Returns (signature_defs, {name: outputs})."""
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        meta_graph = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
+        defs = dict(meta_graph.signature_def)
+        out = {}
+        for name, feed in inputs.items():
+            sig = defs[name]
+            feeds = {sig.inputs[k].name: v for k, v in feed.items()}
+            out[name] = sess.run({k: t.name for k, t in sig.outputs.items()}, feeds)
+    return defs, out
+
+
+def _assert_valid(strokes: np.ndarray, lengths: np.ndarray, num: int, n_max: int):
+    assert strokes.shape == (num, n_max, 3) and strokes.dtype == np.float32
+    assert lengths.shape == (num,) and lengths.dtype == np.int32
+    assert np.all(np.isfinite(strokes))
+    for s, n in zip(strokes, lengths):
+        assert 1 <= n <= n_max
+        assert s[n - 1, 2] == 1.0 and np.all(s[n:] == 0) and set(np.unique(s[:n, 2])) <= {0.0, 1.0}
+
+
+def test_session_loader_runs_every_signature_as_the_tf2_loader(export, tf2_outputs):
+    """Every SignatureDef, fed and fetched by its tensor names, with XLA off as in TF Serving."""
+    path, hps, _ = export
+    inputs = _inputs(hps.z_size)
+    with _xla_compilation_disabled():
+        defs, got = _run_session_loader(path, inputs)
+
+    sampling = {"num", "temperature", "seed"}
+    expected_inputs = {"serving_default": sampling, "sample": sampling,
+                       "complete": {"strokes", "lengths"} | sampling,
+                       "encode": {"strokes", "lengths"}, "decode": {"z", "temperature", "seed"}}
+    assert set(defs) - {"__saved_model_init_op"} == set(expected_inputs)
+    for name, names in expected_inputs.items():
+        assert set(defs[name].inputs) == names, name
+        assert set(defs[name].outputs) == ({"mu", "sigma"} if name == "encode" else {"strokes", "lengths"})
+        assert defs[name].method_name == "tensorflow/serving/predict"
+
+    for name, want in tf2_outputs.items():
+        assert set(got[name]) == set(want), name
+        for key, value in want.items():
+            # The same graph and stateless seeds: the same sketches, the same latent statistics.
+            if value.dtype == np.int32:
+                np.testing.assert_array_equal(got[name][key], value, err_msg=f"{name}.{key}")
+            else:
+                np.testing.assert_allclose(got[name][key], value, rtol=1e-5, atol=1e-5,
+                                           err_msg=f"{name}.{key}")
+
+    n_max = MAX_SEQ_LEN
+    for name, num in (("serving_default", 3), ("sample", 3), ("complete", 2), ("decode", 2)):
+        _assert_valid(got[name]["strokes"], got[name]["lengths"], num, n_max)
+    np.testing.assert_array_equal(got["serving_default"]["strokes"], got["sample"]["strokes"])
+    prefix = np.array(SQUARE[:5], np.float32)
+    np.testing.assert_allclose(got["complete"]["strokes"][:, :5], [prefix, prefix], rtol=1e-5, atol=1e-4)
+    assert got["encode"]["mu"].shape == got["encode"]["sigma"].shape == (2, hps.z_size)
+    assert np.all(got["encode"]["sigma"] > 0)
+
+
+def test_each_weight_saved_once(export):
+    path, _, model = export
+    keys = [name for name, _ in tf.train.list_variables(os.path.join(path, "variables", "variables"))
+            if name != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    assert len(keys) == len(model.weights)
+    assert sorted(os.listdir(os.path.join(path, "assets.extra"))) == ["hparams.json", "metadata.json"]
+
+
+def test_default_export_has_no_xla_compiled_function(export):
+    """TF Serving's model server disables XLA on CPU unless `--xla_cpu_compilation_enabled`: a
+    jit_compile signature then fails on its first request ("XLA compilation disabled")."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString(pathlib.Path(export[0], "saved_model.pb").read_bytes())
+    graph = proto.meta_graphs[0].graph_def
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    flagged = [f.signature.name for f in graph.library.function if f.attr["_XlaMustCompile"].b]
+    flagged += [n.name for n in nodes if n.attr["_XlaMustCompile"].b]
+    assert not flagged
+
+
+def test_xla_disabled_as_tf_serving_rejects_jit_compile():
+    """The harness above does what TF Serving does: a jit_compile function fails under it."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [])
+        y = tf.function(lambda v: v * v, jit_compile=True)(x)
+    with _xla_compilation_disabled() as disabled, tf.compat.v1.Session(graph=graph) as sess:
+        if not disabled:
+            pytest.skip("tensorflow::DisableXlaCompilation is not exported by this TensorFlow")
+        with pytest.raises(tf.errors.OpError, match="XLA compilation disabled"):
+            sess.run(y, {x: 3.0})
+    with tf.compat.v1.Session(graph=graph) as sess:
+        assert sess.run(y, {x: 3.0}) == 9.0
+
+
+def _saved_model_cli() -> str | None:
+    beside = pathlib.Path(sys.executable).with_name("saved_model_cli")
+    return str(beside) if beside.exists() else shutil.which("saved_model_cli")
+
+
+def test_saved_model_cli_runs_serving_default(export, tf2_outputs):
+    cli = _saved_model_cli()
+    if cli is None:
+        pytest.skip("saved_model_cli not installed")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([cli, "run", "--dir", export[0], "--tag_set", "serve", "--signature_def",
+                           "serving_default", "--input_exprs", "num=3;temperature=0.5;seed=7"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    found = re.search(r"Result for output key lengths:\s*\[([^\]]*)\]", proc.stdout)
+    assert found, proc.stdout[-2000:]
+    assert [int(x) for x in found.group(1).split()] == tf2_outputs["sample"]["lengths"].tolist()
+    assert "Result for output key strokes:" in proc.stdout
