@@ -30,5 +30,5 @@ setup(
     extras_require={
         "test": ["pytest>=8", "selenium>=4.20,<5"],
     },
-    entry_points={"console_scripts": ["sketch-rnn=deploy.cli:main"]},
+    entry_points={"console_scripts": ["sketch-rnn=deploy.cli:console_main"]},
 )

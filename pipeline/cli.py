@@ -110,6 +110,33 @@ def beam_options(beam_args: list[str], streaming: bool = False):
     return options
 
 
+def unknown_flags(parser: argparse.ArgumentParser, beam_args: list[str]) -> list[str]:
+    """The pass-through flags that neither this command nor any Beam PipelineOptions knows, each
+    with a suggestion: a typo such as `--categorie` must not be ignored by Beam and run a job."""
+    import difflib
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    quiet = logging.getLogger("apache_beam.options.pipeline_options")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # Beam warns "Discarding unparseable args": we say it better.
+    try:
+        known = set(PipelineOptions(beam_args).get_all_options(retain_unknown_options=False))
+        every = PipelineOptions(beam_args).get_all_options(retain_unknown_options=True)
+        beam_names = set(PipelineOptions([]).get_all_options())
+    finally:
+        quiet.setLevel(level)
+    ours = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    candidates = ours + [f"--{n}" for n in sorted(beam_names)]
+    out = []
+    given = {a.lstrip("-").split("=", 1)[0]: a.split("=", 1)[0] for a in beam_args if a.startswith("-")}
+    for name in sorted(set(every) - known):
+        flag = given.get(name, f"--{name}")
+        close = difflib.get_close_matches(flag, candidates, n=1, cutoff=0.75)
+        out.append(flag + (f" (did you mean {close[0]}?)" if close else ""))
+    return out
+
+
 def _fail(parser: argparse.ArgumentParser, message: str) -> int:
     parser.print_usage(sys.stderr)
     print(f"sketch-rnn preprocess: error: {message}", file=sys.stderr)
@@ -209,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     # The local job service relays every worker's start-up warnings; keep the terminal readable.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    unknown = unknown_flags(parser, beam_args)
+    if unknown:
+        return _fail(parser, f"unknown option(s): {', '.join(unknown)}; see sketch-rnn preprocess --help "
+                             "(Beam's own options, such as --runner or --project, pass through)")
     if not args.output:
         return _fail(parser, "--output DIR is required")
     base_meta: dict = {}

@@ -9,9 +9,21 @@ from model.hparams import PRESETS, HParams
 from trainer.train import STRATEGIES, NonFiniteLossError
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to the help of options that have a default worth saying."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if not (default is None or default is False or default == [] or default == argparse.SUPPRESS
+                or action.required or "default" in text):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="sketch-rnn train", allow_abbrev=False,
+        prog="sketch-rnn train", allow_abbrev=False, formatter_class=_DefaultsFormatter,
         description="Train sketch-rnn on the TFRecords written by `sketch-rnn preprocess`. "
                     "Rerunning with the same --model-dir resumes from its latest checkpoint.")
     p.add_argument("--data", required=True, help="directory (or gs:// prefix) with metadata.json and "
@@ -23,11 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=100_000, help="train until this global step")
     p.add_argument("--strategy", default="mirrored", choices=STRATEGIES,
                    help="mirrored: all local GPUs (or CPU); multiworker: from TF_CONFIG; one_device")
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--keep-checkpoints", type=int, default=5)
+    p.add_argument("--checkpoint-every", type=int, default=500, help="save a checkpoint every N steps")
+    p.add_argument("--keep-checkpoints", type=int, default=5, help="how many recent checkpoints to keep")
     p.add_argument("--eval-every", type=int, default=1000, help="validate (and save the best) every N steps")
-    p.add_argument("--log-every", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=100,
+                   help="print and record (metrics.jsonl, TensorBoard) the training losses every N steps")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data order")
     p.add_argument("--export-dir", default=None, help="default: MODEL_DIR/export")
     p.add_argument("--no-export", action="store_true", help="skip the SavedModel export at the end")
     return p

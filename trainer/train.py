@@ -402,6 +402,9 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
                     f"non-finite training loss ({cost}) at step {current}: stopping; the last good "
                     f"checkpoint is {manager.latest_checkpoint} (not overwritten). Lower "
                     "learning_rate or grad_clip, or check the data (--set NAME=VALUE).")
+            if current == s0 + 1 and log_every > 1:  # Tracing takes a while: say it is running.
+                log(f"step {current}/{steps}: first step took {time.time() - t0:.1f} s (building the "
+                    f"graph); losses every {log_every} steps")
             if current % log_every == 0 or current == steps:
                 last = {k: float(v) for k, v in metrics.items()}
                 last["lr"] = float(optimizer.learning_rate)
