@@ -16,7 +16,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pipeline", "pipeline.*", "model", "model.*",
                                     "trainer", "trainer.*", "deploy", "deploy.*"]),
-    package_data={"deploy": ["static/*", "launch/*"]},
+    # The shipped models (deploy/pretrained/NAME/MODEL_CARD.md and NAME/<version>/ SavedModels).
+    package_data={"deploy": ["static/*", "launch/*", "pretrained/*/*.md", "pretrained/*/*/*.pb",
+                             "pretrained/*/*/variables/*", "pretrained/*/*/assets.extra/*"]},
     # Pinned to the versions that are tested together.
     install_requires=[
         "tensorflow==2.21.0",

@@ -69,13 +69,24 @@ def main() -> int:
     run(["export", "--model-dir", model_dir, "--export-dir", export_dir])
     run(["sample", "--model", export_dir, "--num", "16", "--temperature", "0.5", "--seed", "1",
          "--output", samples, "--png"])
+    # What the same command draws with a model that trained for hours (shipped in deploy/pretrained/).
+    from deploy.sample import shipped_models
+
+    shipped = shipped_models()
+    for name in shipped:
+        run(["sample", "--model", name, "--num", "16", "--temperature", "0.5", "--seed", "1",
+             "--output", rel(os.path.join(out, f"shipped_{name}")), "--png"])
     print(f"\nDone in {time.time() - start:.0f} s. Outputs under {out}/:")
     print(f"  pictures:                  {samples}.svg and {samples}.png (16 samples, temperature 0.5)")
     print(f"  the same as stroke-3:      {samples}.ndjson")
     print(f"  TFRecords + metadata.json: {data}/")
     print(f"  checkpoints + TensorBoard: {model_dir}/   (tensorboard --logdir {model_dir})")
     print(f"  SavedModel:                {export_dir}/<version>/")
-    print(f"\nServe it with the browser demo: sketch-rnn serve --model {export_dir}  (then open http://localhost:8501/)")
+    for name in shipped:
+        print(f"  a shipped model, to compare: {rel(os.path.join(out, 'shipped_' + name))}.svg/.png ({name})")
+    models = " ".join(f"--model {name}" for name in shipped)
+    print(f"\nServe them with the browser demo: sketch-rnn serve {models} --model demo={export_dir}"
+          "  (then open http://localhost:8501/ and pick a model)")
     print("The model trained only a few minutes on ~230 drawings of 10 categories: expect short scribbles,"
           " not recognizable pictures (the README's trainer section trains real models).")
     return 0

@@ -3,8 +3,10 @@
     .venv/bin/python scripts/docs_grid.py --model EXPORT_DIR --data DATA_DIR --name pig [--out docs]
 
 Writes OUT/NAME_samples.svg (sketches from z ~ N(0, I) at temperatures 0.2, 0.5 and 0.8, one row
-each) and OUT/NAME_reconstructions.svg (pairs: a test-split sketch, then its reconstruction decoded
-from z = mu at temperature 0.2). Uses only the SavedModel's signatures and the pipeline's TFRecords.
+each), OUT/NAME_reconstructions.svg (pairs: a test-split sketch, then its reconstruction decoded
+from z = mu at temperature 0.2) and OUT/NAME_interpolation.svg (two test sketches and the frames
+decoded along the spherical interpolation between their mu, temperature 0.1). Uses only the
+SavedModel's signatures and the pipeline's TFRecords. --model takes a shipped model's name too.
 """
 
 from __future__ import annotations
@@ -20,18 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from deploy.sample import load_export  # noqa: E402
+from model.latent import slerp  # noqa: E402
 from model.strokes import stroke5_to_stroke3  # noqa: E402
 from model.svg import grid_svg  # noqa: E402
 from pipeline import schema  # noqa: E402
-
-
-def version_dir(path: str) -> str:
-    if os.path.exists(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = [d for d in os.listdir(path) if d.isdigit()]
-    if not versions:
-        sys.exit(f"{path}: no SavedModel version directory")
-    return os.path.join(path, max(versions, key=int))
 
 
 def unpad(out) -> list[np.ndarray]:
@@ -47,7 +42,7 @@ def main() -> int:
     p.add_argument("--per-row", type=int, default=8)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
-    model = tf.saved_model.load(version_dir(args.model))
+    model = load_export(args.model).module
     meta = schema.read_metadata(args.data)
     os.makedirs(args.out, exist_ok=True)
 
@@ -84,6 +79,16 @@ def main() -> int:
     path = os.path.join(args.out, f"{args.name}_reconstructions.svg")
     with open(path, "w") as f:
         f.write(grid_svg(pairs, columns=min(8, len(pairs)), labels=labels))
+    print(path)
+
+    ends, frames = (originals[0], originals[1]), 8
+    ts = np.linspace(0.0, 1.0, frames)
+    z = np.stack([slerp(enc["mu"][0].numpy(), enc["mu"][1].numpy(), float(t)) for t in ts]).astype(np.float32)
+    dec = model.signatures["decode"](z=tf.constant(z), temperature=tf.constant(0.1), seed=tf.constant(args.seed))
+    path = os.path.join(args.out, f"{args.name}_interpolation.svg")
+    with open(path, "w") as f:
+        f.write(grid_svg([ends[0]] + unpad(dec) + [ends[1]], columns=frames + 2,
+                         labels=["A"] + [f"t={t:.2f}" for t in ts] + ["B"]))
     print(path)
     return 0
 

@@ -1,0 +1,140 @@
+"""Write deploy/pretrained/NAME/MODEL_CARD.md for a shipped model from what its run recorded.
+
+    .venv/bin/python scripts/model_card.py --name pig --model-dir runs/m_pig --data runs/qd/pig \
+        --export deploy/pretrained/pig --source ../shared/data/quickdraw_npz/pig.npz \
+        --score runs/pig_score.json --out deploy/pretrained/pig/MODEL_CARD.md
+
+Everything in the card is read back, nothing is typed in by hand: the hyperparameters from the
+export's assets.extra/hparams.json, N_max and the scale factor from its metadata.json, the steps,
+wall time and validation losses from MODEL_DIR/metrics.jsonl, the classifier's rate from the JSON
+report of `scripts/sketch_classifier.py score`, the machine from /proc/cpuinfo. The reproduction
+commands are rebuilt from the hparams that differ from the preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from model.hparams import PRESETS, HParams  # noqa: E402
+
+ATTRIBUTION = ("Google Creative Lab, \"The Quick, Draw! Dataset\" "
+               "(github.com/googlecreativelab/quickdraw-dataset), CC BY 4.0: the 2,500 drawings of the "
+               "official sketch-rnn test split of this category, RDP-simplified (epsilon 2.0) by Quick "
+               "Draw, re-split 2,300 / 100 / 100 into train / valid / test.")
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return f"{names[0]}, {len(names)} cores" if names else "unknown CPU"
+    except OSError:
+        return "unknown CPU"
+
+
+def closest_preset(hps: HParams) -> tuple[str, dict]:
+    """The preset with the fewest differing fields, and those fields (name -> value)."""
+    best = None
+    for name, preset in PRESETS.items():
+        diff = {k: v for k, v in hps.to_dict().items() if preset.to_dict()[k] != v}
+        if best is None or len(diff) < len(best[1]):
+            best = (name, diff)
+    return best
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True)
+    p.add_argument("--model-dir", required=True, help="the training run (metrics.jsonl)")
+    p.add_argument("--data", required=True, help="the `sketch-rnn preprocess` output it trained on")
+    p.add_argument("--export", required=True, help="the shipped export (base or version dir)")
+    p.add_argument("--source", required=True, help="the .npz the data was preprocessed from")
+    p.add_argument("--score", help="JSON report of `scripts/sketch_classifier.py score`")
+    p.add_argument("--steps-note", default="", help="a sentence on how the run was stopped, if it was")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+
+    from deploy.sample import resolve_export_dir
+
+    version_dir, version = resolve_export_dir(args.export)
+    with open(os.path.join(version_dir, "assets.extra", "hparams.json"), encoding="utf-8") as f:
+        hps = HParams.from_json(f.read())
+    with open(os.path.join(version_dir, "assets.extra", "metadata.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    metrics = read_jsonl(os.path.join(args.model_dir, "metrics.jsonl"))
+    train = [m for m in metrics if m["split"] == "train"]
+    valid = [m for m in metrics if m["split"] == "valid"]
+    last_train = train[-1]
+    shipped_step = version
+    at_export = [m for m in valid if m["step"] <= shipped_step] or valid
+    best = min(at_export, key=lambda m: m["cost"])
+    preset, diff = closest_preset(hps)
+    sets = " ".join(f"--set {k}={v}" for k, v in sorted(diff.items()))
+    size = sum(os.path.getsize(os.path.join(root, n)) for root, _, names in os.walk(version_dir) for n in names)
+
+    lines = [f"# {args.name}: sketch-rnn trained on Quick Draw `{args.name}`", ""]
+    lines += ["A conditional sketch-rnn (bidirectional LSTM encoder, LSTM decoder with a Gaussian mixture "
+              "head; Ha & Eck 2017) exported as a versioned SavedModel: signatures "
+              "`sample`, `complete`, `encode`, `decode`.", ""]
+    lines += ["```bash", f"sketch-rnn sample --model {args.name} --num 16 --temperature 0.5 --output out/{args.name}",
+              f"sketch-rnn serve --model {args.name}", "```", ""]
+    lines += ["## Data", "", f"`{os.path.basename(args.source)}`: {ATTRIBUTION}", "",
+              f"Preprocessed by `sketch-rnn preprocess`: {meta['counts']['train']} train, "
+              f"{meta['counts']['valid']} valid, {meta['counts']['test']} test sketches; N_max "
+              f"{meta['n_max']} (the longest sketch), scale factor {meta['scale_factor']:.3f}.", ""]
+    lines += ["## Training", "",
+              f"- preset `{preset}` with {', '.join(f'`{k}={v}`' for k, v in sorted(diff.items())) or 'no changes'}",
+              f"- network: encoder {hps.enc_rnn_size} x 2, decoder {hps.dec_rnn_size}, z {hps.z_size}, "
+              f"M = {hps.num_mixture}, batch {hps.batch_size}, recurrent dropout {hps.recurrent_dropout_rate}",
+              f"- schedule: KL weight {hps.kl_weight_start} -> {hps.kl_weight} (rate {hps.kl_decay_rate} per "
+              f"step), KL floor {hps.kl_tolerance}, learning rate {hps.learning_rate} (decay {hps.decay_rate}, "
+              f"min {hps.min_learning_rate}), gradient clip {hps.grad_clip}",
+              f"- shipped checkpoint: step {shipped_step} (best validation cost so far, at step {best['step']}); "
+              f"trained to step {last_train['step']} in {last_train['wall_s'] / 3600:.2f} h of wall clock "
+              f"on {cpu_name()}" + (f". {args.steps_note}" if args.steps_note else ""),
+              f"- export size: {size / 1e6:.1f} MB", ""]
+    lines += ["Validation (whole valid split, padded to N_max as the reference; L_R = L_s + L_p, KL floored as "
+              "the reference reports it):", "", "| step | L_R | L_s | L_p | KL | KL (raw) |", "|---|---|---|---|---|---|"]
+    stride = max(1, len(valid) // 10)
+    shown = valid[::stride] + ([valid[-1]] if valid[-1] not in valid[::stride] else [])
+    for m in shown:
+        lines.append(f"| {m['step']} | {m['recon']:.3f} | {m['l_s']:.3f} | {m['l_p']:.3f} | "
+                     f"{m['kl_floored']:.3f} | {m['kl']:.3f} |")
+    lines.append("")
+    if args.score:
+        with open(args.score, encoding="utf-8") as f:
+            score = json.load(f)
+        lines += ["## Does it draw a " + args.name.replace("_", " ") + "?", "",
+                  f"{score['num']} samples from z ~ N(0, I) at temperature {score['temperature']} (seed "
+                  f"{score['seed']}), drawn through the SavedModel's `sample` signature alone, classified by "
+                  f"the project's own small CNN (`scripts/sketch_classifier.py`; it recognises "
+                  f"{score.get('real_rate', float('nan')):.0%} of real held-out {args.name} drawings): "
+                  f"**{score['rate']:.0%} recognised as {args.name}**. Degenerate samples: "
+                  f"{score['single_dot']} single dots, {score['never_ending']} that never ended (ran to N_max).",
+                  "", f"Class histogram: `{json.dumps(score['histogram'], sort_keys=True)}`", ""]
+    lines += ["## Reproduce", "", "```bash",
+              f"sketch-rnn preprocess --input {args.source} --output runs/qd/{args.name}",
+              f"sketch-rnn train --data runs/qd/{args.name} --model-dir runs/m_{args.name} --preset {preset} "
+              f"{sets} --steps {last_train['step']} --checkpoint-every 250 --eval-every 500 --log-every 100",
+              f"sketch-rnn export --model-dir runs/m_{args.name} --export-dir deploy/pretrained/{args.name} "
+              f"--checkpoint best --version {shipped_step}",
+              "```", ""]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
