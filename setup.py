@@ -25,6 +25,10 @@ setup(
         "keras>=3.10,<4",
         "apache-beam[gcp]==2.77.0",
         "numpy>=1.26,<3",
+        # `tensorboard --logdir MODEL_DIR`: the trainer writes tf.summary scalars and sample images.
+        "tensorboard>=2.21,<2.22",
+        # Sample grids (TensorBoard, `sample --png`) and the classifier's rasters.
+        "pillow>=10",
         # `sketch-rnn serve`: a WSGI app on a pure-Python, dependency-free server.
         "flask>=3.0,<4",
         "waitress>=3.0,<4",

@@ -103,7 +103,7 @@ def test_train_mirrored_resume_export(tmp_path, sample_dir):
     assert os.listdir(model_dir / "best")
     assert json.loads((model_dir / "hparams.json").read_text())["batch_size"] == 16
     assert json.loads((model_dir / "metadata.json").read_text()) == metadata
-    assert any(f for _, _, fs in os.walk(model_dir / "tensorboard") for f in fs)
+    _check_tensorboard(model_dir)
 
     second = run_script(tmp_path, TRAIN_SCRIPT, data, model_dir, 50, 1)
     assert second["logs"][0].startswith(f"resumed from {model_dir / 'checkpoints' / 'ckpt-40'}")
@@ -306,3 +306,29 @@ def test_trimming_changes_speed_not_the_loss(tmp_path, sample_dir):
     assert got[True]["l_s"] == pytest.approx(got[False]["l_s"], rel=1e-5)
     assert got[True]["kl"] == pytest.approx(got[False]["kl"], rel=1e-5)
     assert 0 < got[False]["l_p"] - got[True]["l_p"] < 0.5 * got[False]["l_p"]
+
+
+def _check_tensorboard(model_dir):
+    """The event files, read back with TensorBoard's own reader: the train scalars are the values of
+    metrics.jsonl, validation has its own run, the sample grid is a PNG the images plugin shows."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+    def load(run):
+        acc = EventAccumulator(str(model_dir / "tensorboard" / run), size_guidance={"tensors": 0})
+        acc.Reload()
+        return acc
+
+    train, valid = load("train"), load("valid")
+    assert train.SummaryMetadata("cost").plugin_data.plugin_name == "scalars"
+    logged = {m["step"]: m for m in map(json.loads, (model_dir / "metrics.jsonl").read_text().splitlines())
+              if m["split"] == "train"}
+    events = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in train.Tensors("cost")}
+    assert sorted(events) == sorted(logged) and len(events) == 40
+    assert all(abs(events[k] - logged[k]["cost"]) < 1e-5 for k in events)
+    assert [e.step for e in valid.Tensors("recon")] == [20, 40]
+    image = train.Tensors("samples_t0.5")[-1]
+    assert train.SummaryMetadata("samples_t0.5").plugin_data.plugin_name == "images"
+    width, height, png = tf.make_ndarray(image.tensor_proto)[:3]
+    decoded = tf.io.decode_png(png).numpy()
+    assert decoded.shape == (int(height), int(width), 1) and decoded.min() < 128 < decoded.max()  # ink on paper

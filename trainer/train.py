@@ -119,46 +119,46 @@ def _write_json_files(model_dir: str, hps: HParams, metadata: dict[str, Any]) ->
 
 
 def render_grid(sketches3: list[np.ndarray], cell: int = 96, columns: int = 3) -> np.ndarray:
-    """A small raster renderer for TensorBoard: stroke-3 sketches -> uint8 image `[H, W, 1]`."""
+    """Stroke-3 sketches -> uint8 grayscale grid `[H, W, 1]` drawn like the SVGs (Pillow lines, each
+    sketch fitted to its cell with its aspect ratio kept): TensorBoard images and `sample --png`."""
+    from PIL import Image, ImageDraw
+
     from model.strokes import to_polylines
 
     rows = max(1, math.ceil(len(sketches3) / columns))
-    img = np.full((rows * cell, columns * cell), 255, np.uint8)
+    scale = 4  # drawn 4x larger, then box-filtered down: smooth lines of about 1.5 px
+    big = Image.new("L", (columns * cell * scale, rows * cell * scale), 255)
+    draw = ImageDraw.Draw(big)
+    margin = 4 * scale
     for i, s in enumerate(sketches3):
         lines = [p for p in to_polylines(np.asarray(s, np.float32)) if len(p)]
         if not lines:
             continue
         pts = np.concatenate(lines)
-        lo, span = pts.min(0), max(float((pts.max(0) - pts.min(0)).max()), 1e-6)
-        r0, c0 = (i // columns) * cell, (i % columns) * cell
+        lo, size = pts.min(0), pts.max(0) - pts.min(0)
+        span = max(float(size.max()), 1e-6)
+        inner = cell * scale - 2 * margin
+        offset = np.array([(i % columns) * cell * scale, (i // columns) * cell * scale]) + margin \
+            + (inner - size / span * inner) / 2
         for line in lines:
-            xy = (line - lo) / span * (cell - 9) + 4
-            for a, b in zip(xy[:-1], xy[1:]):
-                n = int(np.abs(b - a).max()) + 2
-                seg = np.linspace(a, b, n).round().astype(int)
-                img[r0 + seg[:, 1].clip(0, cell - 1), c0 + seg[:, 0].clip(0, cell - 1)] = 0
+            xy = [tuple(p) for p in ((line - lo) / span * inner + offset).tolist()]
+            if len(xy) == 1:
+                x, y = xy[0]
+                draw.ellipse([x - scale, y - scale, x + scale, y + scale], fill=0)
+            else:
+                draw.line(xy, fill=0, width=int(1.5 * scale), joint="curve")
+    img = np.asarray(big.resize((columns * cell, rows * cell), Image.BOX), np.uint8)
     return img[..., None]
 
 
-def _summary_metadata(plugin: str):
-    from tensorflow.core.framework import summary_pb2
-
-    md = summary_pb2.SummaryMetadata()
-    md.plugin_data.plugin_name = plugin
-    return md
-
-
 def write_scalar(name: str, value: float, step: int) -> None:
-    """A TensorBoard scalar via the raw summary op (works without the tensorboard package)."""
-    tf.summary.write(name, tf.constant(value, tf.float32), step=step,
-                     metadata=_summary_metadata("scalars"))
+    """A TensorBoard scalar (`tf.summary.scalar`: the tensorboard package's scalars plugin)."""
+    tf.summary.scalar(name, value, step=step)
 
 
 def write_image(name: str, image: np.ndarray, step: int) -> None:
-    """A TensorBoard image (uint8 `[H, W, C]`), encoded the way the images plugin reads it."""
-    png = tf.io.encode_png(image)
-    tensor = tf.stack([tf.as_string(image.shape[1]), tf.as_string(image.shape[0]), png])
-    tf.summary.write(name, tensor, step=step, metadata=_summary_metadata("images"))
+    """A TensorBoard image (uint8 `[H, W, C]`), `tf.summary.image` (the images plugin)."""
+    tf.summary.image(name, image[None], step=step, max_outputs=1)
 
 
 def _lr_schedule_class():
