@@ -20,7 +20,8 @@ succeeded is moved into OUTPUT (`promote_staging`: the earlier run's files delet
 moved in, metadata.json last), so a failed job never deletes or mixes with the previous output.
 
 Streaming (`build_streaming`): the same per-record functions over an unbounded PCollection of
-lines, a fixed scale factor, fixed windows, TFRecord shards per window and split.
+lines, a fixed scale factor, fixed windows (by arrival time), one drawing per key_id per window,
+TFRecord shards per window and split, and a manifest per window with its counts.
 """
 
 from __future__ import annotations
@@ -184,9 +185,10 @@ class Preprocess(beam.PTransform):
 
 # ---- metadata -------------------------------------------------------------------------------------
 
-def build_metadata(counts: collections.Counter, moments, scale_factor: float, scale_source: str,
-                   config: Config, sources: Sequence[str], files: Iterable[str] = ()) -> dict[str, Any]:
-    """The `metadata.json` dict from the job's counts (keys: see `schema.METADATA_KEYS` and README)."""
+def summarize_counts(counts: collections.Counter) -> dict[str, Any]:
+    """The accounting of a Counter of count keys (a whole batch job's, or one streamed window's):
+    read, written (per split and per class), dead-lettered, filtered, per rejection reason, the
+    longest written sketch. `accounted`: written + dead_lettered + filtered == read."""
     split_counts = {split: 0 for split in SPLITS}
     class_counts: dict[str, dict[str, int]] = {}
     rejected: dict[str, int] = {}
@@ -206,7 +208,19 @@ def build_metadata(counts: collections.Counter, moments, scale_factor: float, sc
     dead = sum(n for r, n in rejected.items() if records.REASONS[r] == DEAD_LETTER)
     filtered = sum(rejected.values()) - dead
     written = sum(split_counts.values())
-    lines_read = counts.get(READ, 0)
+    read = int(counts.get(READ, 0))
+    return {"read": read, "written": int(written), "dead_lettered": int(dead),
+            "filtered": int(filtered), "accounted": written + dead + filtered == read,
+            "counts": split_counts, "class_counts": dict(sorted(class_counts.items())),
+            "rejected": dict(sorted(rejected.items())),
+            "rejection_kinds": {r: records.REASONS[r] for r in sorted(rejected)},
+            "longest_sketch": longest, "input_errors": sorted(input_errors)}
+
+
+def build_metadata(counts: collections.Counter, moments, scale_factor: float, scale_source: str,
+                   config: Config, sources: Sequence[str], files: Iterable[str] = ()) -> dict[str, Any]:
+    """The `metadata.json` dict from the job's counts (keys: see `schema.METADATA_KEYS` and README)."""
+    summary = summarize_counts(counts)
     return {
         "format_version": FORMAT_VERSION,
         "scale_factor": float(scale_factor),
@@ -217,20 +231,20 @@ def build_metadata(counts: collections.Counter, moments, scale_factor: float, sc
         "max_seq_len": config.max_seq_len,
         # N_max: the longest written sketch over all splits (the reference's get_max_len); the
         # trainer's loss divisor and sampling length (schema.n_max). Records are padded to max_seq_len.
-        "longest_sketch": longest,
-        "classes": sorted(class_counts),
-        "counts": split_counts,
-        "class_counts": dict(sorted(class_counts.items())),
-        "lines_read": int(lines_read),
-        "written": int(written),
-        "dead_lettered": int(dead),
-        "filtered": int(filtered),
-        "accounted": written + dead + filtered == lines_read,
-        "rejected": dict(sorted(rejected.items())),
-        "rejection_kinds": {r: records.REASONS[r] for r in sorted(rejected)},
+        "longest_sketch": summary["longest_sketch"],
+        "classes": sorted(summary["class_counts"]),
+        "counts": summary["counts"],
+        "class_counts": summary["class_counts"],
+        "lines_read": summary["read"],
+        "written": summary["written"],
+        "dead_lettered": summary["dead_lettered"],
+        "filtered": summary["filtered"],
+        "accounted": summary["accounted"],
+        "rejected": summary["rejected"],
+        "rejection_kinds": summary["rejection_kinds"],
         # Input files that could not be read to their end (truncated / corrupt compressed files):
         # the CLI refuses such a run's output.
-        "input_errors": sorted(input_errors),
+        "input_errors": summary["input_errors"],
         "rdp_epsilon": config.rdp_epsilon,
         "split_fractions": {"train": 1.0 - config.valid_fraction - config.test_fraction,
                             "valid": config.valid_fraction, "test": config.test_fraction},
@@ -502,24 +516,139 @@ class TFRecordGzipSink(fileio.FileSink):
         self._gz.close()
 
 
+MANIFEST_PREFIX = "manifest"
+MANIFEST_SUFFIX = ".json"
+
+
+def _stamp_arrival(element):
+    """Timestamps a message with the time the job reads it (arrival time, see build_streaming)."""
+    return window.TimestampedValue(element, time.time())
+
+
+def _key_drawings(result):
+    """Drawing -> (key_id, drawing) for the per-window dedupe; a Rejection to "rejections"."""
+    if isinstance(result, Rejection):
+        yield beam.pvalue.TaggedOutput("rejections", result)
+    else:
+        yield result.key_id, result
+
+
+def _first_per_key_id(item):
+    """(key_id, drawings of one window) -> one Drawing and a `duplicate` Rejection per other copy.
+    The same one is kept whatever the order (the smallest stroke bytes) if the copies differ."""
+    key_id, drawings = item
+    drawings = sorted(drawings, key=lambda d: (d.strokes3.tobytes(), d.word))
+    yield drawings[0]
+    for _ in drawings[1:]:
+        yield Rejection("duplicate", f"key_id {key_id!r} seen {len(drawings)} times in this window",
+                        key_id)
+
+
+def _window_iso(t) -> str:
+    """A window bound as the shard names spell it (`fileio`: naive ISO 8601, UTC)."""
+    return t.to_utc_datetime().isoformat()
+
+
+def manifest_name(start: str, end: str) -> str:
+    return f"{MANIFEST_PREFIX}-{start}-{end}{MANIFEST_SUFFIX}"
+
+
+def window_manifest(counts: collections.Counter, start: str, end: str, files: Iterable[str],
+                    config: Config, scale_factor: float, moments=(0, 0.0, 0.0)) -> dict[str, Any]:
+    """One streamed window's manifest: `summarize_counts` of its messages (read, written per split
+    and class, dead_lettered, filtered, per reason, accounted) plus the window bounds (UTC), the
+    window's shard and dead-letter file names, and the (count, mean, std) of its train drawings'
+    dx, dy in pixels (`train_offsets`: a std far from `scale_factor` means the stream drifted)."""
+    summary = summarize_counts(counts)
+    del summary["input_errors"]  # Files only: a stream has none.
+    return {"format_version": FORMAT_VERSION, "window_start": start + "Z", "window_end": end + "Z",
+            **summary, "files": sorted(os.path.basename(f) for f in files),
+            "train_offsets": {"count": int(moments[0]), "mean": float(moments[1]),
+                              "std": float(records.scale_factor_from_moments(moments))
+                              if moments[0] else None},
+            "scale_factor": float(scale_factor), "max_seq_len": config.max_seq_len}
+
+
+class _WriteManifest(beam.DoFn):
+    """("window", [("counts", Counter) | ("moments", m) | ("file", name), ...]) of one window ->
+    output/manifest-<start>-<end>.json, written to a hidden name and renamed (readers never see a
+    partial file). Yields the path."""
+
+    def __init__(self, output: str, config: Config, scale_factor: float):
+        self.output, self.config, self.scale_factor = output, config, scale_factor
+
+    def process(self, element, w=beam.DoFn.WindowParam):
+        counts, files, moments = collections.Counter(), [], (0, 0.0, 0.0)
+        for kind, value in element[1]:
+            if kind == "counts":
+                counts.update(value)
+            elif kind == "moments":
+                moments = records.merge_moments(moments, value)
+            else:
+                files.append(value)
+        start, end = _window_iso(w.start), _window_iso(w.end)
+        manifest = window_manifest(counts, start, end, files, self.config, self.scale_factor,
+                                   moments)
+        name = manifest_name(start, end)
+        path = FileSystems.join(self.output, name)
+        temp = FileSystems.join(self.output, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        with FileSystems.create(temp, mime_type="application/json",
+                                compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
+        FileSystems.rename([temp], [path])
+        yield path
+
+
 def build_streaming(lines, output: str, config: Config, scale_factor: float,
-                    window_seconds: float = 60.0, shards: int = 1) -> None:
+                    window_seconds: float = 60.0, shards: int = 1, arrival_time: bool = False) -> None:
     """Adds the streaming job to an unbounded (or TestStream) PCollection of ndjson `lines`.
 
-    Per window of `window_seconds` (event time): `output/{split}-<window start>-<window end>-<pane>-
-    SSSSS-of-NNNNN.tfrecord.gz` for the splits that got drawings, and `output/rejected-<window>...jsonl`
-    for dead letters. Filtered drawings are dropped (Beam counters count them).
+    Per window of `window_seconds`:
+      output/{split}-<window start>-<window end>-SSSSS-of-NNNNN.tfrecord.gz  (splits with drawings)
+      output/rejected-<window start>-<window end>-SSSSS-of-NNNNN.jsonl       (dead letters)
+      output/manifest-<window start>-<window end>.json                       (the window's accounting)
+    The manifest is written after the window's files (it lists them) and holds read, written per
+    split, dead_lettered, filtered, per reason, with `written + dead_lettered + filtered == read`.
+
+    `arrival_time`: window by the time the job reads each message (the CLI's choice) instead of the
+    elements' own timestamps (Pub/Sub publish time, or TestStream's). A message then always falls in
+    a window that is still open: nothing is late, nothing is dropped, each window fires once.
+
+    Duplicates: within a window one drawing per key_id is kept; every other copy is counted as
+    filtered (`duplicate`). Copies that land in different windows are both written.
     """
-    results = (lines | "Process" >> beam.Map(records.process_record, config)
-               | "Window" >> beam.WindowInto(window.FixedWindows(window_seconds)))
+    if arrival_time:
+        lines = lines | "ArrivalTime" >> beam.Map(_stamp_arrival)
+    windowed = lines | "Window" >> beam.WindowInto(window.FixedWindows(window_seconds))
+    keyed = (windowed | "Process" >> beam.Map(records.process_record, config)
+             | "KeyById" >> beam.FlatMap(_key_drawings).with_output_types(tuple[str, Any])
+             .with_outputs("rejections", main="drawings"))
+    firsts = (keyed.drawings | "GroupById" >> beam.GroupByKey()
+              | "FirstPerKeyId" >> beam.FlatMap(_first_per_key_id))
+    results = (keyed.rejections, firsts) | "Deduplicated" >> beam.Flatten()
     out = results | "Examples" >> ExamplesFromResults(config, scale_factor)
-    _ = out["examples"] | "WriteExamples" >> fileio.WriteToFiles(
+    example_files = out["examples"] | "WriteExamples" >> fileio.WriteToFiles(
         path=output, destination=lambda e: e[0], sink=lambda dest: TFRecordGzipSink(),
         file_naming=fileio.destination_prefix_naming(TFRECORD_SUFFIX), shards=shards)
-    _ = out["dead_letters"] | "WriteDeadLetters" >> fileio.WriteToFiles(
+    dead_files = out["dead_letters"] | "WriteDeadLetters" >> fileio.WriteToFiles(
         path=output, destination=lambda e: DEAD_LETTER_PREFIX, sink=lambda dest: fileio.TextSink(),
         file_naming=fileio.destination_prefix_naming(DEAD_LETTER_SUFFIX), shards=shards)
-    _ = (out["count_keys"] | "CountOutcomes" >> beam.Map(_count_metric))
+    # Per window: one Counter of its messages (read before processing) and their outcomes, plus the
+    # names of the files written for it -> its manifest (after the files: the GroupByKey fires when
+    # the window is complete, and the files' results are part of it).
+    read_keys = windowed | "ReadKeys" >> beam.Map(lambda _: READ)
+    keys = (out["count_keys"], read_keys) | "WindowKeys" >> beam.Flatten()
+    _ = keys | "CountOutcomes" >> beam.Map(_count_metric)  # live counters (Dataflow UI)
+    counts = keys | "WindowCounts" >> beam.CombineGlobally(CountKeys()).without_defaults()
+    moments = (firsts | "TrainDrawings" >> beam.FlatMap(
+        lambda d: [d.strokes3] if isinstance(d, records.Drawing) and d.split == "train" else [])
+        | "WindowMoments" >> beam.CombineGlobally(MomentsFn()).without_defaults())
+    parts = (counts | "CountsPart" >> beam.Map(lambda c: ("window", ("counts", c))),
+             moments | "MomentsPart" >> beam.Map(lambda m: ("window", ("moments", m))),
+             (example_files, dead_files) | "AllWindowFiles" >> beam.Flatten()
+             | "FilesPart" >> beam.Map(lambda r: ("window", ("file", r.file_name))))
+    _ = (parts | "ManifestParts" >> beam.Flatten() | "PerWindow" >> beam.GroupByKey()
+         | "WriteManifest" >> beam.ParDo(_WriteManifest(output, config, scale_factor)))
 
 
 def _count_metric(key: tuple) -> None:
@@ -530,8 +659,9 @@ def _count_metric(key: tuple) -> None:
 
 def streaming_metadata(base: dict[str, Any], config: Config, sources: Sequence[str]) -> dict[str, Any]:
     """metadata.json of a streaming output: the batch run's scale factor and classes; counts are 0
-    (the data is unbounded: count the shards' records instead) and `streaming` is true. No
-    `longest_sketch`: a stream's sketches can be as long as max_seq_len, which is then N_max."""
+    (the data is unbounded: each window's manifest-*.json counts its messages) and `streaming` is
+    true. No `longest_sketch`: a stream's sketches can be as long as max_seq_len, which is then
+    N_max."""
     return {
         "format_version": FORMAT_VERSION,
         "scale_factor": float(base["scale_factor"]),

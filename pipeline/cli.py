@@ -25,6 +25,8 @@ Locally the default is --runner DirectRunner --direct_running_mode multi_process
 Outputs: DIR/{train,valid,test}-SSSSS-of-NNNNN.tfrecord.gz, DIR/rejected-*.jsonl (dead letters:
 one JSON object per bad input record with "reason", "detail" and the original "line") and
 DIR/metadata.json (scale factor, max_seq_len, classes, counts, rejection reasons, ...).
+Streaming: DIR/{split}-<window>-*.tfrecord.gz, DIR/rejected-<window>-*.jsonl and
+DIR/manifest-<window>.json per window (read = written + dead-lettered + filtered, per reason).
 A batch run writes into DIR/.staging-*/ and, only when the job succeeded, replaces these files
 (and only these) of an earlier run in DIR; a failed run leaves DIR as it was. A truncated or
 corrupt compressed input, or inputs without a single record or kept drawing, fail the run.
@@ -77,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--metadata-from", metavar="DIR",
                     help="output DIR of an earlier batch run: its scale factor and max_seq_len are used")
     st.add_argument("--window-seconds", type=float, default=60.0,
-                    help="window length; one set of shards per window. Default: 60")
+                    help="window length (by the time the job reads a message); one set of shards "
+                         "and one manifest-<window>.json with its counts per window. Default: 60")
     return parser
 
 
@@ -226,8 +229,9 @@ def run_streaming(args: argparse.Namespace, config: records.Config, scale_factor
         else:
             messages = p | "ReadPubSub" >> beam.io.ReadFromPubSub(topic=args.pubsub_topic)
         # Pub/Sub messages are bytes; process_line decodes them strictly (bad ones: `not_utf8`).
+        # Windows by arrival time: no message is ever late (see build_streaming).
         beam_job.build_streaming(messages, args.output, config, scale_factor, args.window_seconds,
-                                 shards=max(args.num_shards, 1))
+                                 shards=max(args.num_shards, 1), arrival_time=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,8 @@ REASONS = {
     "category_excluded": FILTERED,      # word not in --categories
     "unrecognized": FILTERED,           # --recognized-only and recognized is not true
     "blank_line": FILTERED,             # an empty or whitespace-only line (nothing to inspect)
+    "duplicate": FILTERED,              # streaming: a key_id already kept in the same window
+                                        # (Pub/Sub redelivery or a publisher's retry)
 }
 # Quick Draw canvases are at most a few thousand pixels; anything beyond this is corrupt data.
 MAX_ABS_COORDINATE = 1e5

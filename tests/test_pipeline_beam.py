@@ -238,9 +238,10 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 
 
 def test_streaming_with_test_stream(sample_dir, tmp_path):
-    """Two one-minute windows of lines (plus a malformed one) -> TFRecord shards per window."""
+    """Two one-minute windows of lines (plus a malformed one, a blank one and a redelivered one)
+    -> TFRecord shards and a manifest with the window's accounting per window."""
     lines = _sample_lines(sample_dir, {"cat", "star"})
-    first, second = lines[:20], lines[20:35] + [BAD[0]]
+    first, second = lines[:20] + [lines[3]], lines[20:35] + [BAD[0], "  "]
     config = R.Config()
     stream = (BeamTestStream()
               .advance_watermark_to(0)
@@ -263,14 +264,40 @@ def test_streaming_with_test_stream(sample_dir, tmp_path):
         return [schema.parse_example(r, 250)["key_id"].numpy().decode() for r in ds]
 
     for window_lines, start in ((first, "1970-01-01T00:00:00"), (second, "1970-01-01T00:01:00")):
-        expected = collections.defaultdict(list)
+        expected, reasons = collections.defaultdict(set), collections.Counter()
+        moments = (0, 0.0, 0.0)
         for line in window_lines:
             d = R.process_line(line, config)
-            if isinstance(d, R.Drawing):
-                expected[d.split].append(d.key_id)
+            if isinstance(d, R.Rejection):
+                reasons[d.reason] += 1
+            elif d.key_id in expected[d.split]:
+                reasons["duplicate"] += 1  # Redelivered: kept once per window.
+            else:
+                expected[d.split].add(d.key_id)
+                if d.split == "train":
+                    moments = R.merge_moments(moments, R.offset_moments(d.strokes3))
         for split in schema.SPLITS:
             got = keys_in(f"{split}-{start}*{schema.TFRECORD_SUFFIX}")
             assert sorted(got) == sorted(expected[split]), (split, start)
+        # The window's manifest accounts for every line it read, by split and reason.
+        [path] = glob.glob(str(out / f"manifest-{start}-*.json"))
+        manifest = json.loads(open(path).read())
+        assert manifest["window_start"] == start + "Z"
+        assert manifest["read"] == len(window_lines)
+        assert manifest["counts"] == {s: len(expected[s]) for s in schema.SPLITS}
+        assert manifest["rejected"] == dict(reasons)
+        dead = sum(n for r, n in reasons.items() if R.REASONS[r] == R.DEAD_LETTER)
+        assert (manifest["written"], manifest["dead_lettered"], manifest["filtered"]) == (
+            sum(map(len, expected.values())), dead, sum(reasons.values()) - dead)
+        assert manifest["written"] + manifest["dead_lettered"] + manifest["filtered"] == manifest["read"]
+        assert manifest["accounted"]
+        assert manifest["train_offsets"]["count"] == moments[0]  # pixels: compare with scale_factor
+        assert manifest["train_offsets"]["std"] == pytest.approx(R.scale_factor_from_moments(moments))
+        assert manifest["files"] == sorted(
+            p.name for p in out.glob("*-*") if p.name.split("-", 1)[1].startswith(start + "-")
+            and not p.name.startswith("manifest-"))
+    assert {r for p in out.glob("manifest-*.json") for r in json.loads(p.read_text())["rejected"]} == {
+        "duplicate", "malformed_json", "blank_line"}
     # The whole output is readable through the schema's split pattern, values scaled by 8.
     train_files = glob.glob(schema.split_pattern(str(out), "train"))
     ds = tf.data.TFRecordDataset(train_files, compression_type="GZIP").batch(100)

@@ -43,6 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data order")
     p.add_argument("--export-dir", default=None, help="default: MODEL_DIR/export")
     p.add_argument("--no-export", action="store_true", help="skip the SavedModel export at the end")
+    p.add_argument("--export-every", type=int, default=0, metavar="STEPS",
+                   help="also export a new version every STEPS steps (0: only at the end); a server "
+                        "polling the export dir picks each one up")
+    st = p.add_argument_group("following a stream")
+    st.add_argument("--follow", action="store_true",
+                    help="--data is the --output of `sketch-rnn preprocess --streaming`: re-list its "
+                         "train shards every --follow-interval seconds and add new windows to the "
+                         "input without restarting; validate on the valid shards there at each "
+                         "--eval-every (waits for the first train shard)")
+    st.add_argument("--follow-interval", type=float, default=30.0, metavar="SECONDS",
+                    help="how often --follow re-lists the shards")
     return p
 
 
@@ -57,6 +68,9 @@ def main(argv: list[str]) -> int:
         if getattr(args, name) < 1:
             print(f"sketch-rnn train: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
+    if args.export_every < 0 or not args.follow_interval > 0:
+        print("sketch-rnn train: --export-every must be >= 0 and --follow-interval > 0", file=sys.stderr)
+        return 2
     import signal
 
     from trainer.train import train_and_evaluate
@@ -68,7 +82,9 @@ def main(argv: list[str]) -> int:
         train_and_evaluate(args.data, args.model_dir, hps, args.steps, args.strategy,
                            checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
                            eval_every=args.eval_every, log_every=args.log_every, seed=args.seed,
-                           export_dir=args.export_dir, export=not args.no_export)
+                           export_dir=args.export_dir, export=not args.no_export,
+                           follow_interval_s=args.follow_interval if args.follow else None,
+                           export_every=args.export_every)
     except (FileNotFoundError, ValueError, NonFiniteLossError) as e:
         print(f"sketch-rnn train: {e}", file=sys.stderr)
         return 1

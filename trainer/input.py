@@ -11,7 +11,9 @@ shuffle buffer; nothing is cached.
 
 from __future__ import annotations
 
-from typing import Any
+import random
+import time
+from typing import Any, Callable
 
 import tensorflow as tf
 
@@ -57,10 +59,72 @@ def parse_and_augment(serialized: tf.Tensor, seed: tf.Tensor | None, max_seq_len
     return {"strokes": strokes, "lengths": length}
 
 
+class ShardFollower:
+    """The shards of one split that a streaming job keeps adding (`sketch-rnn train --follow`).
+
+    As a generator of file names (for `tf.data.Dataset.from_generator`) it never ends: it hands out
+    the shards it knows in a shuffled order, pass after pass, and re-lists `pattern` whenever
+    `interval_s` has passed since the last listing; new shards go to the front of the queue (read
+    next) and join every later pass. `shards` (all handed to the reader so far) and `listings`
+    count what it did; `log` is told about each new batch of shards.
+    """
+
+    def __init__(self, pattern: str, interval_s: float, seed: int = 0,
+                 log: Callable[[str], None] | None = None):
+        self.pattern, self.interval_s, self.seed = pattern, float(interval_s), seed
+        self.log = log or (lambda s: None)
+        self.known: list[str] = []
+        self.shards = 0     # distinct shards handed to the reader
+        self.listings = 0
+        self._listed_at = -float("inf")
+
+    def refresh(self) -> list[str]:
+        """Lists `pattern` now; returns the shards not seen before (sorted) and adds them."""
+        self._listed_at = time.monotonic()
+        self.listings += 1
+        seen = set(self.known)
+        new = sorted(f for f in tf.io.gfile.glob(self.pattern) if f not in seen)
+        self.known += new
+        return new
+
+    def wait_for_first(self, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Blocks (interruptibly, in Python) until `pattern` matches at least one shard."""
+        said = False
+        while not self.known and not self.refresh():
+            if not said:
+                self.log(f"follow: no shard matches {self.pattern} yet; re-listing every "
+                         f"{self.interval_s:g} s")
+                said = True
+            sleep(self.interval_s)
+
+    def __call__(self):
+        rng = random.Random(self.seed)
+        queue: list[str] = []
+        handed: set[str] = set()
+        if not self.known:
+            self.wait_for_first()
+        while True:
+            if time.monotonic() - self._listed_at >= self.interval_s:
+                new = self.refresh()
+                if new:
+                    self.log(f"follow: {len(new)} new shard(s) in {self.pattern} "
+                             f"({len(self.known)} in all): {', '.join(n.rsplit('/', 1)[-1] for n in new)}")
+                    queue = new + queue
+            if not queue:
+                queue = list(self.known)
+                rng.shuffle(queue)
+            name = queue.pop(0)
+            if name not in handed:
+                handed.add(name)
+                self.shards = len(handed)
+            yield name
+
+
 def make_dataset(data_dir: str, split: str, hps: HParams, metadata: dict[str, Any],
                  batch_size: int, training: bool, seed: int = 0,
                  input_context: tf.distribute.InputContext | None = None,
-                 repeat: bool | None = None) -> tf.data.Dataset:
+                 repeat: bool | None = None,
+                 follow: ShardFollower | None = None) -> tf.data.Dataset:
     """Batched dataset of one split.
 
     Args:
@@ -73,17 +137,26 @@ def make_dataset(data_dir: str, split: str, hps: HParams, metadata: dict[str, An
       seed: fixes file order, shuffling and augmentation.
       input_context: from `distribute_datasets_from_function`: files are sharded per worker.
       repeat: override the repeat-forever default of `training`.
+      follow: read the shards this follower hands out (an endless, growing file list, see
+        ShardFollower) instead of one listing of the split; never repeated or file-sharded
+        (with several input pipelines, each reads every shard and keeps its share of records).
     """
     max_seq_len = int(metadata["max_seq_len"])
     n_max = schema.n_max(metadata)
     pattern = schema.split_pattern(data_dir, split)
-    files = tf.io.gfile.glob(pattern)
-    if not files:
-        raise FileNotFoundError(f"no files match {pattern}: run `sketch-rnn preprocess` into "
-                                f"{data_dir!r} first")
-    files_ds = tf.data.Dataset.from_tensor_slices(sorted(files))
+    if follow is not None:
+        files = None
+        files_ds = tf.data.Dataset.from_generator(
+            follow, output_signature=tf.TensorSpec([], tf.string))
+        repeat = False
+    else:
+        files = tf.io.gfile.glob(pattern)
+        if not files:
+            raise FileNotFoundError(f"no files match {pattern}: run `sketch-rnn preprocess` into "
+                                    f"{data_dir!r} first")
+        files_ds = tf.data.Dataset.from_tensor_slices(sorted(files))
     if input_context is not None and input_context.num_input_pipelines > 1:
-        if len(files) >= input_context.num_input_pipelines:
+        if files is not None and len(files) >= input_context.num_input_pipelines:
             files_ds = files_ds.shard(input_context.num_input_pipelines,
                                       input_context.input_pipeline_id)
             records = None
@@ -91,11 +164,12 @@ def make_dataset(data_dir: str, split: str, hps: HParams, metadata: dict[str, An
             records = "shard_records"  # Fewer files than workers: shard records instead.
     else:
         records = None
-    if training:
+    if training and files is not None:
         files_ds = files_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = files_ds.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type=schema.COMPRESSION),
-        cycle_length=min(8, len(files)), num_parallel_calls=tf.data.AUTOTUNE,
+        cycle_length=min(8, len(files)) if files is not None else 8,
+        num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True)
     if records is not None:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)

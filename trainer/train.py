@@ -186,9 +186,17 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
                        checkpoint_every: int = 500, keep_checkpoints: int = 5,
                        eval_every: int = 1000, log_every: int = 100, num_samples: int = 9,
                        seed: int = 0, export_dir: str | None = None, export: bool = True,
-                       test_at_end: bool = True,
+                       test_at_end: bool = True, follow_interval_s: float | None = None,
+                       export_every: int = 0,
                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Trains until the global step reaches `steps` (resuming from `model_dir` if it holds a run).
+
+    `follow_interval_s`: follow a directory a streaming job keeps adding shards to
+    (`sketch-rnn train --follow`): the train shards are re-listed at this interval and new ones
+    join the input without a restart (`input.ShardFollower`; the train lines of metrics.jsonl
+    count them in `train_shards`); validation and test read the split's shards listed at that
+    moment. It waits for the first train shard. `export_every`: also export a new version every
+    N steps (0: only at the end), for a server that polls the export base directory.
 
     Returns {"step", "train": last train metrics, "valid": best/last valid metrics, "test",
     "export_path", "checkpoint"} (floats).
@@ -244,11 +252,18 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
         log(f"precision {policy} ({why})")
     start_step = int(step.numpy())
     data_seed = int(rng.uniform_full_int([], tf.int32).numpy()) & 0x7FFFFFF
+    follower = None
+    if follow_interval_s is not None:
+        follower = input_lib.ShardFollower(schema.split_pattern(data_dir, "train"),
+                                           follow_interval_s, seed=data_seed, log=log)
+        follower.wait_for_first()
+        log(f"follow: training on the {len(follower.known)} train shard(s) of {data_dir}, "
+            f"re-listing every {follow_interval_s:g} s")
 
     def train_input(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         return input_lib.make_dataset(data_dir, "train", hps, metadata,
                                       ctx.get_per_replica_batch_size(global_batch), True,
-                                      seed=data_seed, input_context=ctx)
+                                      seed=data_seed, input_context=ctx, follow=follower)
 
     train_ds = strategy.distribute_datasets_from_function(train_input)
     conditional = hps.conditional
@@ -330,7 +345,11 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
         the split; cost = L_R + kl_weight_start * kl_floored, the reference's validation cost
         (its eval graph's KL weight is a variable that is never fed, so it stays at
         kl_weight_start); the best checkpoint is the one with the lowest cost."""
-        if int(metadata["counts"].get(split, 0)) == 0:
+        if follower is not None or metadata.get("streaming"):
+            # A stream's metadata.json counts nothing: the shards there now are the split.
+            if not tf.io.gfile.glob(schema.split_pattern(data_dir, split)):
+                return {}
+        elif int(metadata["counts"].get(split, 0)) == 0:
             return {}
         # Always padded to N_max: L_p over all N_max slots, the reference's definition (trimming
         # would leave out the pen loss of the cut padding rows).
@@ -416,7 +435,8 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
                     f"w_kl {last['kl_weight']:.4f} lr {last['lr']:.2e} {rate:.1f} sketches/s "
                     f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
                 summarize("train", {**last, "sketches_per_s": rate}, current)
-                record("train", last, current, sketches_per_s=round(rate, 3))
+                shards = {"train_shards": follower.shards} if follower is not None else {}
+                record("train", last, current, sketches_per_s=round(rate, 3), **shards)
             if current % checkpoint_every == 0:
                 save("periodic")
             if eval_every and current % eval_every == 0:
@@ -430,6 +450,9 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
                         best_cost.assign(valid["cost"])
                         best_manager.save(checkpoint_number=current)
                 summarize_samples(current)
+            if export_every and export and chief and current % export_every == 0 and current < steps:
+                path = export_version(model, hps, metadata, export_dir or os.path.join(model_dir, "export"))
+                log(f"exported SavedModel to {path}")
     except NonFiniteLossError:
         raise
     except KeyboardInterrupt:
@@ -451,11 +474,22 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
     for w in writers.values():
         w.flush()
     if export and chief:
-        from trainer.export import export_saved_model
-        result["export_path"] = export_saved_model(model, hps, metadata,
-                                                   export_dir or os.path.join(model_dir, "export"))
+        result["export_path"] = export_version(model, hps, metadata,
+                                               export_dir or os.path.join(model_dir, "export"))
         log(f"exported SavedModel to {result['export_path']}")
     return result
+
+
+def export_version(model, hps: HParams, metadata: dict[str, Any], export_base: str) -> str:
+    """Exports the next version into `export_base`: the Unix time in seconds, or one more than the
+    highest version there (two exports within a second, or a clock set back)."""
+    from trainer.export import export_saved_model
+
+    versions = [int(n.rstrip("/")) for n in (tf.io.gfile.listdir(export_base)
+                                             if tf.io.gfile.isdir(export_base) else [])
+                if n.rstrip("/").isdigit()]
+    version = max([int(time.time())] + [v + 1 for v in versions])
+    return export_saved_model(model, hps, metadata, export_base, version=version)
 
 
 def _last_wall_s(path: str) -> float:
