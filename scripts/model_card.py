@@ -114,14 +114,25 @@ def main() -> int:
     if args.score:
         with open(args.score, encoding="utf-8") as f:
             score = json.load(f)
+        src = score["source"]
+        real = ""
+        info_path = os.path.join(score.get("classifier", ""), "classifier.json")
+        if os.path.exists(info_path):
+            with open(info_path, encoding="utf-8") as f:
+                held = json.load(f).get("held_out_test", {}).get(args.name, {})
+            if "accuracy" in held:
+                real = f" (it recognises {held['accuracy']:.0%} of the {held['n']} real held-out {args.name} drawings)"
         lines += ["## Does it draw a " + args.name.replace("_", " ") + "?", "",
-                  f"{score['num']} samples from z ~ N(0, I) at temperature {score['temperature']} (seed "
-                  f"{score['seed']}), drawn through the SavedModel's `sample` signature alone, classified by "
-                  f"the project's own small CNN (`scripts/sketch_classifier.py`; it recognises "
-                  f"{score.get('real_rate', float('nan')):.0%} of real held-out {args.name} drawings): "
-                  f"**{score['rate']:.0%} recognised as {args.name}**. Degenerate samples: "
-                  f"{score['single_dot']} single dots, {score['never_ending']} that never ended (ran to N_max).",
-                  "", f"Class histogram: `{json.dumps(score['histogram'], sort_keys=True)}`", ""]
+                  f"{score['num']} samples from z ~ N(0, I) at temperature {src['temperature']} (seed {src['seed']}), "
+                  f"drawn through the SavedModel's `sample` signature alone, classified by the project's own "
+                  f"small CNN over rasterised sketches (`scripts/sketch_classifier.py`, classes pig, face, "
+                  f"alarm_clock and other Quick Draw categories){real}: **{score['recognised']:.0%} recognised as "
+                  f"{args.name}**. Degenerate samples: {score['near_empty']} near-empty (single dots), "
+                  f"{score['never_ending']} that never ended (ran to N_max = {src.get('max_len')}).",
+                  "", f"Class histogram: `{json.dumps(score['histogram'], sort_keys=True)}`", "",
+                  f"Reproduce: `python scripts/sketch_classifier.py train` (once), then `python "
+                  f"scripts/sketch_classifier.py score --export deploy/pretrained/{args.name} --category "
+                  f"{args.name} --num {score['num']} --temperature {src['temperature']} --seed {src['seed']}`.", ""]
     lines += ["## Reproduce", "", "```bash",
               f"sketch-rnn preprocess --input {args.source} --output runs/qd/{args.name}",
               f"sketch-rnn train --data runs/qd/{args.name} --model-dir runs/m_{args.name} --preset {preset} "
