@@ -82,14 +82,36 @@ def test_resolve_export_dir_picks_the_highest_version(tmp_path):
         sample.resolve_export_dir(str(tmp_path / "40"))
 
 
+def direct_signature(export, name, **inputs):
+    """The SavedModel's own signature (not through deploy.sample), on NumPy inputs."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(os.path.join(export, "1")).signatures[name]
+    specs = fn.structured_input_signature[1]
+    out = fn(**{k: tf.constant(v, specs[k].dtype) for k, v in inputs.items()})
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def rows_of(out):
+    return [np.round(s[:n].astype(np.float64), 3).tolist() for s, n in zip(out["strokes"], out["lengths"])]
+
+
 def test_reconstruct_from_a_quickdraw_ndjson(export, sample_dir, tmp_path, capsys):
+    from pipeline import records as R
+
     source = sorted(sample_dir.glob("*.ndjson"))[0]
     code, _, err = run(capsys, "--model", export, "--input", source, "--index", 2, "--num", 3,
-                       "--output", tmp_path / "recon")
+                       "--temperature", 0.4, "--seed", 9, "--output", tmp_path / "recon")
     assert code == 0, err
     assert len(cells(tmp_path / "recon.svg")) == 4  # the input, then 3 decodings
     records = read_ndjson(tmp_path / "recon.ndjson")
     assert [r["mode"] for r in records] == ["reconstruct"] * 3
+    # The decodings are decode(mu of drawing 2, simplified as the pipeline does) at that
+    # temperature and seed (tests/test_semantics_pipeline_deploy.py: on a model where z matters).
+    sketch = R.process_line(source.read_text().splitlines()[2], R.Config()).strokes3
+    mu = direct_signature(export, "encode", strokes=sketch[None], lengths=[len(sketch)])["mu"]
+    out = direct_signature(export, "decode", z=np.repeat(mu, 3, axis=0), temperature=0.4, seed=9)
+    assert [r["strokes"] for r in records] == rows_of(out)
 
 
 def test_complete_keeps_the_prefix(export, tmp_path, capsys):
@@ -116,6 +138,13 @@ def test_interpolate_between_two_sketches(export, tmp_path, capsys):
     records = read_ndjson(tmp_path / "lerp.ndjson")
     assert [r["t"] for r in records] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert len(cells(tmp_path / "lerp.svg")) == 7  # A, 5 frames, B
+    # The frames decode the slerp between the two sketches' mu (one decode call, as the CLI).
+    batch = np.zeros((2, len(a), 3), np.float32)
+    batch[0], batch[1, :len(b)] = a, b
+    mu = direct_signature(export, "encode", strokes=batch, lengths=[len(a), len(b)])["mu"].astype(np.float64)
+    z = np.stack([sample.slerp(mu[0], mu[1], t) for t in (0.0, 0.25, 0.5, 0.75, 1.0)]).astype(np.float32)
+    out = direct_signature(export, "decode", z=z, temperature=0.1, seed=0)
+    assert [r["strokes"] for r in records] == rows_of(out)
 
 
 def test_slerp_ends_and_norm():
