@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     # The local job service relays every worker's start-up warnings; keep the terminal readable.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    # But keep Dataflow's own INFO lines (the job's id and its monitoring console URL).
+    logging.getLogger("apache_beam.runners.dataflow").setLevel(logging.INFO)
     unknown = unknown_flags(parser, beam_args)
     if unknown:
         return _fail(parser, f"unknown option(s): {', '.join(unknown)}; see sketch-rnn preprocess --help "
