@@ -78,3 +78,25 @@ def test_native_tensorflow_start_up_lines_are_filtered_but_other_stderr_passes()
     assert result.returncode == 2
     assert "no such directory" in result.stderr
     assert not any(line in result.stderr for line in noise), result.stderr
+
+
+def test_dataflow_workers_install_no_tensorflow_and_the_pipeline_needs_none(tmp_path, sample_dir):
+    """setup_dataflow.py (the launch script's --setup_file) requires Beam and NumPy only, and the
+    worker code path (parse, simplify, encode a tf.train.Example) runs with TensorFlow unimportable."""
+    script = open(os.path.join(REPO, "deploy", "launch", "dataflow_preprocess.sh")).read()
+    assert "--setup_file ./setup_dataflow.py" in script
+    subprocess.run([sys.executable, "setup_dataflow.py", "-q", "egg_info", "--egg-base", str(tmp_path)],
+                   cwd=REPO, check=True, capture_output=True, timeout=120)
+    [info] = list(tmp_path.glob("*.egg-info"))
+    requires = (info / "requires.txt").read_text()
+    assert "apache-beam" in requires and "tensorflow" not in requires and "keras" not in requires
+    assert set((info / "top_level.txt").read_text().split()) == {"pipeline", "model"}
+    line = next(open(next(iter(sorted(sample_dir.glob("*.ndjson")))), encoding="utf-8"))
+    code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+            "from pipeline import records, beam_job, simplify, safe_npz, inputs\n"
+            f"d = records.process_line({line!r}, records.Config())\n"
+            "assert isinstance(d, records.Drawing), d\n"
+            "assert records.drawing_to_example(d, 10.0, 250)\n"
+            "print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -12,7 +12,7 @@
 #
 # Needs: `bash scripts/dev.sh test` run once (creates .venv), `gcloud auth application-default login`,
 # the Dataflow API enabled, and a bucket for temp files and the output. Workers install this
-# package from ./setup.py (--setup_file). Every flag after the script name is passed on: the
+# pipeline from ./setup_dataflow.py (--setup_file: Beam and NumPy, no TensorFlow). Every flag after the script name is passed on: the
 # job's own flags (sketch-rnn preprocess --help) and Beam/Dataflow flags alike.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -40,7 +40,7 @@ common=(
   --region "$REGION"
   --temp_location "gs://$BUCKET/tmp"
   --staging_location "gs://$BUCKET/staging"
-  --setup_file ./setup.py
+  --setup_file ./setup_dataflow.py
   --job_name "$JOB_NAME"
   --max_num_workers "$MAX_WORKERS"
 )
