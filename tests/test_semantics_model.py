@@ -140,7 +140,9 @@ def _conditional_model(max_len=20, **overrides):
     """A tiny conditional model whose initial state and z matter: initial_state weights N(0, 0.6)
     (the init's 0.001 would make the state ~0, hiding which half is h and which c), and
     sigma_hat pinned to -40 so that z = mu (exp(-20) noise)."""
-    tf.random.set_seed(11)
+    import keras
+
+    keras.utils.set_random_seed(11)  # Python's RNG too: it seeds the recurrent kernels' init.
     hps = HParams.preset("tiny").replace(**overrides)
     model = SketchRNN(hps, max_len)
     model({"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2])})
@@ -236,6 +238,9 @@ def test_greedy_completion_matches_numpy():
     S_0..S_{P-1} from tanh(W z + b), then decodes greedily from prev = S_P; the output starts with
     the prefix and its length counts it."""
     model, hps = _conditional_model(max_len=14)
+    kernel, bias = model.head.get_weights()
+    kernel[:, 2], bias[2] = 0.0, -30.0  # No end: all 9 continuation points are compared.
+    model.head.set_weights([kernel, bias])
     rng = np.random.default_rng(7)
     strokes, _ = _strokes(rng, 1, 5)
     prefix = strokes[:, :5]
@@ -261,6 +266,7 @@ def test_greedy_completion_matches_numpy():
         prev = row[None]
     want = np.concatenate([s64[:p], np.stack(rows)], 0)
     n = p + next((i for i, r in enumerate(rows) if r[4] == 1), len(rows))
+    assert n == 14
     for b in range(2):
         np.testing.assert_allclose(got.numpy()[b], want, atol=2e-5)
         assert int(lengths.numpy()[b]) == n
@@ -276,11 +282,20 @@ def test_first_sampled_point_follows_the_tempered_mixture():
     z = np.random.default_rng(2).normal(0, 1, [1, hps.z_size])
     h, c = np_initial_state(model, z)
     h, _ = np_lstm_step(np.concatenate([START[None], z], 1), h, c, lstm_weights(model.decoder), False)
+    # Shift the head's bias so that this step's pen logits are (0.7, 0) and its mixture logits
+    # (1, 0, -1): far enough from a sure thing for the temperature to show.
+    out = np_head(model, h)[0]
+    bias = model.head.bias.numpy().astype(np.float64)
+    bias[:2] += np.array([0.7, 0.0]) - out[:2]
+    bias[3:3 + m] += np.linspace(1.0, -1.0, m) - out[3:3 + m]
+    model.head.bias.assign(bias.astype(np.float32))
     out = np_head(model, h)[0]
     strokes, _ = model.sample(None, tf.constant(tau), tf.constant(4),
                               z=tf.constant(np.repeat(z, n, 0), tf.float32), max_len=1)
     rows = strokes.numpy()[:, 0].astype(np.float64)
-    _assert_freq(rows[:, 2:4].sum(0), softmax(out[:2] / tau), n, "first pen state")
+    p_pen = softmax(out[:2] / tau)
+    assert abs(p_pen[0] - softmax(out[:2])[0]) > 10 * np.sqrt(0.25 / n)  # tau matters here
+    _assert_freq(rows[:, 2:4].sum(0), p_pen, n, "first pen state")
     pi = softmax(out[3:3 + m] / tau)
     mu, sigma = out[3 + m:3 + 2 * m], np.exp(out[3 + 3 * m:3 + 4 * m])
     s2 = tau * sigma ** 2
