@@ -55,17 +55,28 @@ class UsageError(Exception):
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 
 
+def export_versions(base: str) -> list[int]:
+    """The versions of an export base dir, ascending: its numeric subdirectories that hold a
+    saved_model.pb (TF Serving's layout). Local paths use `os` (no TensorFlow import, so `--help`
+    stays fast); URLs (gs://...) go through tf.io.gfile. A missing base has no versions."""
+    if "://" in base:
+        import tensorflow as tf
+
+        isdir, listdir, isfile = tf.io.gfile.isdir, tf.io.gfile.listdir, tf.io.gfile.exists
+    else:
+        isdir, listdir, isfile = os.path.isdir, os.listdir, os.path.isfile
+    if not isdir(base):
+        return []
+    names = (n.rstrip("/") for n in listdir(base))
+    return sorted(int(n) for n in names if n.isdigit() and isfile(os.path.join(base, n, "saved_model.pb")))
+
+
 def shipped_models() -> list[str]:
     """Names of the models shipped under deploy/pretrained/ (each NAME/<version>/saved_model.pb)."""
     if not os.path.isdir(PRETRAINED_DIR):
         return []
-    names = []
-    for name in sorted(os.listdir(PRETRAINED_DIR)):
-        base = os.path.join(PRETRAINED_DIR, name)
-        if os.path.isdir(base) and any(v.isdigit() and os.path.isfile(os.path.join(base, v, "saved_model.pb"))
-                                       for v in os.listdir(base)):
-            names.append(name)
-    return names
+    return [name for name in sorted(os.listdir(PRETRAINED_DIR))
+            if export_versions(os.path.join(PRETRAINED_DIR, name))]
 
 
 def resolve_model(spec: str) -> tuple[str | None, str]:
@@ -91,16 +102,11 @@ def resolve_export_dir(path: str) -> tuple[str, int | None]:
     if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
         base = os.path.basename(path)
         return path, int(base) if base.isdigit() else None
-    versions = []
-    for name in tf.io.gfile.listdir(path):
-        name = name.rstrip("/")
-        if name.isdigit() and tf.io.gfile.exists(os.path.join(path, name, "saved_model.pb")):
-            versions.append(int(name))
+    versions = export_versions(path)
     if not versions:
         raise UsageError(f"--model {path}: neither a SavedModel (no saved_model.pb) nor an export base "
                          "directory with numeric version subdirectories (BASE/<version>/saved_model.pb)")
-    version = max(versions)
-    return os.path.join(path, str(version)), version
+    return os.path.join(path, str(versions[-1])), versions[-1]
 
 
 @dataclasses.dataclass

@@ -265,18 +265,17 @@ def _listing(base: str) -> dict[int, tuple]:
     fingerprint (names, sizes, mtimes of the files) tells a directory still being copied."""
     import tensorflow as tf
 
+    from deploy.sample import export_versions
+
     found = {}
-    for name in tf.io.gfile.listdir(base):
-        name = name.rstrip("/")
-        path = os.path.join(base, name)
-        if not name.isdigit() or not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
-            continue
+    for version in export_versions(base):
+        path = os.path.join(base, str(version))
         files = []
         for root, _, names in tf.io.gfile.walk(path):
             for n in names:
                 st = tf.io.gfile.stat(os.path.join(root, n))
                 files.append((os.path.relpath(os.path.join(root, n), path), st.length, st.mtime_nsec))
-        found[int(name)] = tuple(sorted(files))
+        found[version] = tuple(sorted(files))
     return found
 
 
