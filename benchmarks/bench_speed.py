@@ -10,7 +10,9 @@ aaron_sheep (`../shared/data/sketchrnn_npz/aaron_sheep.npz`; ours through our ow
                   message when ../shared/reference or that interpreter is absent
   paper-exact     ours, every batch padded to N_max: the same work per step as the reference
   defaults        the project defaults: each batch trimmed to its longest sketch + 1 end row (the
-                  loss still / N_max), precision auto (float32 unless the CPU has AMX)
+                  loss still / N_max), precision auto (float32 unless the CPU has AMX), one LSTM loop
+                  per CPU core over slices of the batch with single-threaded ops (rnn_batch_splits auto)
+  one loop        defaults with rnn_batch_splits=1: one loop per LSTM, TensorFlow's default thread pools
   + bucket        defaults with batches grouped by length (faster, but learns slower per step)
   + XLA           defaults with jit_compile (one compilation per batch length)
   + bf16          defaults with mixed_bfloat16 (faster only with AMX bf16 units; `auto` picks it there)
@@ -47,6 +49,7 @@ PAPER_EXACT = ["trim_batches=false", "bucket_batches=false"]
 CONFIGS = [
     ("paper-exact (N_max padding)", PAPER_EXACT),
     ("project defaults (trim, precision auto)", []),
+    ("defaults, one loop per LSTM", ["rnn_batch_splits=1"]),
     ("defaults + bucket", ["bucket_batches=true"]),
     ("defaults + XLA", ["jit_compile=true"]),
     ("defaults + bf16", ["precision=mixed_bfloat16"]),

@@ -68,6 +68,10 @@ class HParams:
     bucket_batches: bool = False
     jit_compile: bool = False  # XLA-compile the training step.
     precision: str = "auto"  # One of PRECISIONS; mixture math always stays float32.
+    # Run each LSTM's time loop as this many independent loops over slices of the batch (same
+    # result). 0 = auto: the trainer picks one loop per CPU core (at most 4) with single-threaded
+    # ops on a CPU-only machine, 1 elsewhere; a model built directly treats 0 as 1.
+    rnn_batch_splits: int = 0
 
     def __post_init__(self) -> None:
         errors = []
@@ -92,6 +96,8 @@ class HParams:
         for name in ("enc_model", "dec_model"):
             if getattr(self, name) not in CELL_TYPES:
                 errors.append(f"{name} must be one of {CELL_TYPES}, got {getattr(self, name)!r}")
+        if self.rnn_batch_splits < 0:
+            errors.append(f"rnn_batch_splits must be >= 0 (0 = auto), got {self.rnn_batch_splits}")
         if self.precision not in PRECISIONS:
             errors.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if errors:

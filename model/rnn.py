@@ -56,14 +56,20 @@ class LSTM(keras.layers.Layer):
       units: H.
       layer_norm: use the layer-normalized cell.
       recurrent_dropout: drop rate on the cell candidate g (training only).
+      batch_splits: run the time loop as this many independent loops over slices of the batch
+        (same result; on a CPU with single-threaded ops each core then runs its own loop, see
+        `call`).
     """
 
     def __init__(self, units: int, layer_norm: bool = False, recurrent_dropout: float = 0.0,
-                 **kwargs):
+                 batch_splits: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.units = int(units)
         self.layer_norm = bool(layer_norm)
         self.recurrent_dropout = float(recurrent_dropout)
+        if int(batch_splits) < 1:
+            raise ValueError(f"batch_splits must be >= 1, got {batch_splits}")
+        self.batch_splits = int(batch_splits)
 
     def build(self, input_shape):
         h = self.units
@@ -143,8 +149,20 @@ class LSTM(keras.layers.Layer):
             if result is not None:
                 return result
         xw = tf.transpose(self.project(inputs), [1, 0, 2])  # [T, B, 4H]
-        outputs, state = scan(xw, h0, c0, self.cell_weights(), self.layer_norm,
-                              self.recurrent_dropout if use_dropout else 0.0, lengths)
+        weights = self.cell_weights()
+        dropout = self.recurrent_dropout if use_dropout else 0.0
+        if self.batch_splits == 1:
+            outputs, state = scan(xw, h0, c0, weights, self.layer_norm, dropout, lengths)
+            return tf.transpose(outputs, [1, 0, 2]), state
+        # Independent loops over batch slices: the executor runs them concurrently, one per
+        # inter-op thread. With one intra-op thread that beats one loop whose small per-step
+        # ops pay a thread hand-off each (see benchmarks/profile_step.py).
+        sizes = _split_sizes(batch, self.batch_splits)
+        pieces = zip(tf.split(xw, sizes, axis=1), tf.split(h0, sizes), tf.split(c0, sizes),
+                     tf.split(lengths, sizes) if lengths is not None else [None] * self.batch_splits)
+        results = [scan(x, h, c, weights, self.layer_norm, dropout, n) for x, h, c, n in pieces]
+        outputs = tf.concat([r[0] for r in results], axis=1)
+        state = (tf.concat([r[1][0] for r in results], 0), tf.concat([r[1][1] for r in results], 0))
         return tf.transpose(outputs, [1, 0, 2]), state
 
     def _cudnn(self, inputs, h0, c0, lengths):
@@ -167,7 +185,15 @@ class LSTM(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "layer_norm": self.layer_norm,
-                "recurrent_dropout": self.recurrent_dropout}
+                "recurrent_dropout": self.recurrent_dropout, "batch_splits": self.batch_splits}
+
+
+def _split_sizes(batch: tf.Tensor, splits: int) -> tf.Tensor:
+    """`[splits]` slice sizes that sum to `batch` (the first `batch % splits` one larger; a batch
+    smaller than `splits` gives empty slices, which the loops run over harmlessly)."""
+    base = batch // splits
+    extra = batch - base * splits
+    return base + tf.cast(tf.range(splits) < extra, batch.dtype)
 
 
 def lstm_step(xw: tf.Tensor, h: tf.Tensor, c: tf.Tensor, w: dict[str, tf.Tensor], layer_norm: bool,

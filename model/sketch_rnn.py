@@ -85,10 +85,11 @@ def sample_step(out: tf.Tensor, num_mixture: int, temperature: tf.Tensor, seed: 
 class StrokeEncoder(keras.layers.Layer):
     """Bidirectional LSTM over `[B, T, 5]` (masked by lengths) -> mu, sigma_hat `[B, Z]`."""
 
-    def __init__(self, units: int, z_size: int, layer_norm: bool, recurrent_dropout: float, **kwargs):
+    def __init__(self, units: int, z_size: int, layer_norm: bool, recurrent_dropout: float,
+                 batch_splits: int = 1, **kwargs):
         super().__init__(**kwargs)
-        self.forward_rnn = LSTM(units, layer_norm, recurrent_dropout, name="forward")
-        self.backward_rnn = LSTM(units, layer_norm, recurrent_dropout, name="backward")
+        self.forward_rnn = LSTM(units, layer_norm, recurrent_dropout, batch_splits, name="forward")
+        self.backward_rnn = LSTM(units, layer_norm, recurrent_dropout, batch_splits, name="backward")
         # Small Gaussian init as the reference (so the KL starts near zero).
         init = keras.initializers.RandomNormal(stddev=0.001)
         self.mu = keras.layers.Dense(z_size, kernel_initializer=init, name="mu")
@@ -112,13 +113,15 @@ class SketchRNN(keras.Model):
         self.hps = hps
         self.max_seq_len = int(max_seq_len)
         drop = hps.recurrent_dropout_rate if hps.use_recurrent_dropout else 0.0
+        splits = max(1, hps.rnn_batch_splits)  # 0 (auto) is resolved by the trainer.
         if hps.conditional:
             self.encoder = StrokeEncoder(hps.enc_rnn_size, hps.z_size, hps.enc_model == "layer_norm",
-                                         drop, name="encoder")
+                                         drop, splits, name="encoder")
             self.initial_state = keras.layers.Dense(
                 2 * hps.dec_rnn_size, activation="tanh",
                 kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), name="initial_state")
-        self.decoder = LSTM(hps.dec_rnn_size, hps.dec_model == "layer_norm", drop, name="decoder")
+        self.decoder = LSTM(hps.dec_rnn_size, hps.dec_model == "layer_norm", drop, splits,
+                            name="decoder")
         # Mixture math stays in float32 under mixed precision. The bias starts Glorot-uniform as
         # the reference's `output_b` (a TF1 get_variable without initializer), not at zero.
         self.head = keras.layers.Dense(6 * hps.num_mixture + 3, dtype="float32", name="mixture_head",

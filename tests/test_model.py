@@ -196,6 +196,47 @@ def test_lstm_sequence_equals_step_by_step(layer_norm):
     np.testing.assert_allclose(h_t[2], h0[2])  # Zero length: the initial state.
 
 
+@pytest.mark.parametrize("batch,splits", [(5, 2), (4, 4), (2, 3)])
+def test_lstm_batch_splits_give_the_same_outputs_states_and_gradients(batch, splits):
+    """Slicing the batch into independent loops is a speed choice: uneven slices, and more
+    slices than sketches (empty loops), give what one loop gives, forward and backward."""
+    tf.random.set_seed(1)
+    one = LSTM(6)
+    x = tf.random.normal([batch, 7, 4])
+    h0, c0 = tf.random.normal([batch, 6]), tf.random.normal([batch, 6])
+    lengths = tf.constant([7, 3, 0, 5, 1][:batch])
+    one.build(x.shape)
+    sliced = LSTM(6, batch_splits=splits)
+    sliced.build(x.shape)
+    for a, b in zip(sliced.weights, one.weights):
+        a.assign(b)
+
+    def run(layer):
+        with tf.GradientTape() as tape:
+            seq, (h, c) = layer(x, initial_state=(h0, c0), lengths=lengths)
+            loss = tf.reduce_sum(seq * tf.range(1.0, 8.0)[None, :, None]) + tf.reduce_sum(h * c)
+        return seq, h, c, tape.gradient(loss, layer.trainable_variables)
+
+    for got, want in zip(run(sliced), run(one)):
+        for g, w in zip(tf.nest.flatten(got), tf.nest.flatten(want)):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_lstm_batch_splits_must_be_positive():
+    with pytest.raises(ValueError, match="batch_splits must be >= 1"):
+        LSTM(4, batch_splits=0)
+    with pytest.raises(ValueError, match="rnn_batch_splits must be >= 0"):
+        HParams.preset("tiny").replace(rnn_batch_splits=-1)
+
+
+def test_model_layers_get_the_batch_splits():
+    hps = HParams.preset("tiny").replace(rnn_batch_splits=3)
+    model = SketchRNN(hps, 20)
+    assert {model.decoder.batch_splits, model.encoder.forward_rnn.batch_splits,
+            model.encoder.backward_rnn.batch_splits} == {3}
+    assert SketchRNN(HParams.preset("tiny"), 20).decoder.batch_splits == 1  # 0 (auto) -> 1 here
+
+
 def test_recurrent_dropout_only_in_training():
     tf.random.set_seed(0)
     layer = LSTM(8, recurrent_dropout=0.5)

@@ -332,3 +332,49 @@ def _check_tensorboard(model_dir):
     width, height, png = tf.make_ndarray(image.tensor_proto)[:3]
     decoded = tf.io.decode_png(png).numpy()
     assert decoded.shape == (int(height), int(width), 1) and decoded.min() < 128 < decoded.max()  # ink on paper
+
+
+SPLITS_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import tensorflow as tf
+    from trainer import train
+    train.available_cores = lambda: int(sys.argv[1])
+    first = train.resolve_rnn_batch_splits(0)
+    pools = [tf.config.threading.get_intra_op_parallelism_threads(),
+             tf.config.threading.get_inter_op_parallelism_threads()]
+    tf.constant(1.0) + 1.0  # The runtime starts: its pools can no longer change.
+    train.available_cores = lambda: 2 * int(sys.argv[1])
+    again = train.resolve_rnn_batch_splits(0)
+    print("RESULT " + json.dumps({"first": first, "pools": pools, "again": again,
+                                  "set": train.resolve_rnn_batch_splits(3)}))
+''')
+
+
+def _splits_child(tmp_path, cores, **env):
+    script = tmp_path / "splits.py"
+    script.write_text(SPLITS_SCRIPT)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TF_NUM_")}
+    proc = subprocess.run([sys.executable, str(script), str(cores)], capture_output=True, text=True,
+                          cwd=REPO, env={**clean, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "",
+                                         "TF_CPP_MIN_LOG_LEVEL": "3", **env}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
+
+
+def test_rnn_batch_splits_auto_one_loop_per_core_with_single_threaded_ops(tmp_path):
+    two = _splits_child(tmp_path, 2)
+    assert two["first"] == [2, "auto: 2 cores, 1 intra-op / 2 inter-op threads"]
+    assert two["pools"] == [1, 2]
+    assert two["again"] == [4, "auto: 4 cores, TensorFlow's thread pools already started"]
+    assert two["set"] == [3, "set"]
+    many = _splits_child(tmp_path, 16)
+    assert many["first"] == [4, "auto: 16 cores, 4 intra-op / 16 inter-op threads"]
+    assert many["pools"] == [4, 16]
+    assert _splits_child(tmp_path, 1)["first"] == [1, "auto: 1 core, 1 intra-op / 1 inter-op threads"]
+
+
+def test_rnn_batch_splits_auto_keeps_thread_pools_from_the_environment(tmp_path):
+    got = _splits_child(tmp_path, 4, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
+    assert got["first"] == [1, "auto: 4 cores, thread pools from the environment"]
+    got = _splits_child(tmp_path, 4, TF_NUM_INTRAOP_THREADS="2")
+    assert got["first"] == [4, "auto: 4 cores, thread pools from the environment"]
