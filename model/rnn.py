@@ -153,16 +153,16 @@ class LSTM(keras.layers.Layer):
         dropout = self.recurrent_dropout if use_dropout else 0.0
         if self.batch_splits == 1:
             outputs, state = scan(xw, h0, c0, weights, self.layer_norm, dropout, lengths)
-            return tf.transpose(outputs, [1, 0, 2]), state
-        # Independent loops over batch slices: the executor runs them concurrently, one per
-        # inter-op thread. With one intra-op thread that beats one loop whose small per-step
-        # ops pay a thread hand-off each (see benchmarks/profile_step.py).
-        sizes = _split_sizes(batch, self.batch_splits)
-        pieces = zip(tf.split(xw, sizes, axis=1), tf.split(h0, sizes), tf.split(c0, sizes),
-                     tf.split(lengths, sizes) if lengths is not None else [None] * self.batch_splits)
-        results = [scan(x, h, c, weights, self.layer_norm, dropout, n) for x, h, c, n in pieces]
-        outputs = tf.concat([r[0] for r in results], axis=1)
-        state = (tf.concat([r[1][0] for r in results], 0), tf.concat([r[1][1] for r in results], 0))
+        else:
+            # Independent loops over batch slices: the executor runs them concurrently, one per
+            # inter-op thread. With one intra-op thread that beats one loop whose small per-step
+            # ops pay a thread hand-off each (see benchmarks/profile_step.py).
+            sizes = _split_sizes(batch, self.batch_splits)
+            pieces = zip(tf.split(xw, sizes, axis=1), tf.split(h0, sizes), tf.split(c0, sizes),
+                         tf.split(lengths, sizes) if lengths is not None else [None] * self.batch_splits)
+            results = [scan(x, h, c, weights, self.layer_norm, dropout, n) for x, h, c, n in pieces]
+            outputs = tf.concat([r[0] for r in results], axis=1)
+            state = tuple(tf.concat([r[1][k] for r in results], 0) for k in (0, 1))
         return tf.transpose(outputs, [1, 0, 2]), state
 
     def _cudnn(self, inputs, h0, c0, lengths):
