@@ -378,3 +378,5 @@ def test_rnn_batch_splits_auto_keeps_thread_pools_from_the_environment(tmp_path)
     assert got["first"] == [1, "auto: 4 cores, thread pools from the environment"]
     got = _splits_child(tmp_path, 4, TF_NUM_INTRAOP_THREADS="2")
     assert got["first"] == [4, "auto: 4 cores, thread pools from the environment"]
+    got = _splits_child(tmp_path, 4, TF_NUM_INTEROP_THREADS="0")  # 0: TensorFlow's default, all cores
+    assert got["first"] == [4, "auto: 4 cores, thread pools from the environment"]

@@ -114,7 +114,8 @@ def resolve_rnn_batch_splits(splits: int) -> tuple[int, str]:
     label = f"auto: {cores} core{'s' if cores != 1 else ''}"
     loops = min(cores, MAX_RNN_BATCH_SPLITS)
     if "TF_NUM_INTRAOP_THREADS" in os.environ or "TF_NUM_INTEROP_THREADS" in os.environ:
-        inter = int(os.environ.get("TF_NUM_INTEROP_THREADS") or cores)
+        # 0 or unset: TensorFlow sizes the inter-op pool to the cores.
+        inter = int(os.environ.get("TF_NUM_INTEROP_THREADS") or 0) or cores
         loops = max(1, min(loops, inter))
         return loops, f"{label}, thread pools from the environment"
     intra, inter = max(1, cores // loops), cores
