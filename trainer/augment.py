@@ -45,9 +45,10 @@ def drop_mask(pen_down: tf.Tensor, uniform: tf.Tensor, prob: float) -> tf.Tensor
     prev_down = tf.concat([[False], pen_down[:-1]], axis=0)
     link = tf.logical_and(pen_down, prev_down)  # The counter increments here, else resets to 0.
     idx = tf.range(n)
-    # Index of the last reset at or before i; count = i - last_reset.
-    last_reset = tf.scan(tf.maximum, tf.where(link, tf.zeros_like(idx) - 1, idx),
-                         initializer=tf.constant(-1))
+    # Index of the last reset at or before i (a running max, without a loop: the k-th reset's
+    # index for the points after it); count = i - last_reset. Point 0 is always a reset.
+    resets = tf.reshape(tf.cast(tf.where(~link), tf.int32), [-1])
+    last_reset = tf.gather(resets, tf.maximum(tf.cumsum(tf.cast(~link, tf.int32)) - 1, 0))
     count = idx - last_reset
     return link & (count > 2) & (uniform < prob)
 
