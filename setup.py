@@ -17,7 +17,8 @@ setup(
     packages=find_packages(include=["pipeline", "pipeline.*", "model", "model.*",
                                     "trainer", "trainer.*", "deploy", "deploy.*"]),
     # The shipped models (deploy/pretrained/NAME/MODEL_CARD.md and NAME/<version>/ SavedModels).
-    package_data={"deploy": ["static/*", "launch/*", "pretrained/*/*.md", "pretrained/*/*/*.pb",
+    package_data={"trainer": ["kernels/*.cc"],
+                  "deploy": ["static/*", "launch/*", "pretrained/*/*.md", "pretrained/*/*/*.pb",
                              "pretrained/*/*/variables/*", "pretrained/*/*/assets.extra/*"]},
     # Pinned to the versions that are tested together.
     install_requires=[

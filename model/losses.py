@@ -60,7 +60,8 @@ def bivariate_log_density(dx: tf.Tensor, dy: tf.Tensor, mu_x: tf.Tensor, mu_y: t
 
 
 def per_example_reconstruction_loss(targets: tf.Tensor, outputs: tf.Tensor, num_mixture: int,
-                                    mask_pen_loss: bool = False, max_seq_len: int | None = None
+                                    mask_pen_loss: bool = False, max_seq_len: int | None = None,
+                                    run_lengths: tf.Tensor | None = None
                                     ) -> tuple[tf.Tensor, tf.Tensor]:
     """Per-sketch (L_s, L_p), each `[B]`: the sum over the T steps divided by N_max.
 
@@ -70,6 +71,11 @@ def per_example_reconstruction_loss(targets: tf.Tensor, outputs: tf.Tensor, num_
       num_mixture: M.
       mask_pen_loss: also mask L_p after the sketch's end (the reference does this in eval mode).
       max_seq_len: the divisor N_max; None divides by T (targets padded to N_max).
+      run_lengths: `[B]` rows the decoder ran per sketch (>= its length; the outputs of later rows
+        are not predictions and are left out). The pen loss of the last row run, when it is a
+        padding row, counts once for it and once for each padding row after it up to N_max: those
+        rows (cut, or never run) repeat the same prediction of the same target (p3), so the sum
+        is the reference's L_p over all N_max rows as long as the prediction stays the same there.
     """
     targets = tf.cast(targets, tf.float32)
     outputs = tf.cast(outputs, tf.float32)
@@ -84,6 +90,14 @@ def per_example_reconstruction_loss(targets: tf.Tensor, outputs: tf.Tensor, num_
     l_p_steps = tf.nn.softmax_cross_entropy_with_logits(labels=pen_targets, logits=p["pen_logits"])
     if mask_pen_loss:
         l_p_steps = l_p_steps * mask
+    if run_lengths is not None:
+        steps = tf.shape(targets)[1]
+        n_max = tf.cast(steps if max_seq_len is None else max_seq_len, tf.float32)
+        run = tf.cast(run_lengths, tf.int32)[:, None]
+        index = tf.range(steps)[None, :]
+        last_padding = tf.logical_and(tf.equal(index, run - 1), targets[..., 4] > 0.5)
+        weight = tf.where(last_padding, n_max - tf.cast(run, tf.float32) + 1.0, 1.0)
+        l_p_steps = l_p_steps * tf.where(index < run, weight, 0.0)
     t = tf.cast(tf.shape(targets)[1] if max_seq_len is None else max_seq_len, tf.float32)
     return tf.reduce_sum(l_s_steps, axis=1) / t, tf.reduce_sum(l_p_steps, axis=1) / t
 

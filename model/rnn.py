@@ -59,11 +59,22 @@ class LSTM(keras.layers.Layer):
       batch_splits: run the time loop as this many independent loops over slices of the batch
         (same result; on a CPU with single-threaded ops each core then runs its own loop, see
         `call`).
+      fused_ops: the fused CPU kernel's op library (`trainer.kernels.load()`), or None. When set,
+        a float32 plain-LSTM training call runs its whole time loop, and its gradient, as one op
+        each (`fused_scan`: the same outputs and gradients as `scan`).
+      static_size: width of `static_inputs` (inputs that are the same at every step, such as the
+        decoder's z): the kernel has `D + static_size` rows, as for inputs concatenated at every
+        step, but their projection is computed once per sequence.
     """
 
     def __init__(self, units: int, layer_norm: bool = False, recurrent_dropout: float = 0.0,
-                 batch_splits: int = 1, **kwargs):
+                 batch_splits: int = 1, fused_ops=None, static_size: int = 0, **kwargs):
         super().__init__(**kwargs)
+        # Inputs that are the same at every step (`static_inputs` of `call`), after the per-step
+        # inputs in the kernel's rows: kernel = [W_x; W_static], as for the concatenation.
+        self.static_size = int(static_size)
+        # The fused CPU kernel's op library (trainer/kernels), or None: the TensorFlow loop.
+        self.fused_ops = fused_ops
         self.units = int(units)
         self.layer_norm = bool(layer_norm)
         self.recurrent_dropout = float(recurrent_dropout)
@@ -73,7 +84,7 @@ class LSTM(keras.layers.Layer):
 
     def build(self, input_shape):
         h = self.units
-        d = int(input_shape[-1])
+        d = int(input_shape[-1]) + self.static_size
         self.kernel = self.add_weight(name="kernel", shape=(d, 4 * h), initializer="glorot_uniform")
         self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=(h, 4 * h),
                                                 initializer=per_gate_orthogonal)
@@ -123,7 +134,8 @@ class LSTM(keras.layers.Layer):
                          self.layer_norm, drop_mask)
 
     def call(self, inputs: tf.Tensor, initial_state: tuple[tf.Tensor, tf.Tensor] | None = None,
-             lengths: tf.Tensor | None = None, training: bool = False):
+             lengths: tf.Tensor | None = None, training: bool = False,
+             static_inputs: tf.Tensor | None = None):
         """Runs the whole sequence.
 
         Args:
@@ -132,6 +144,8 @@ class LSTM(keras.layers.Layer):
           lengths: `[B]` int; the state stops changing after `lengths[b]` steps (outputs after
             that repeat the last h). None: all T steps are real.
           training: enables recurrent dropout.
+          static_inputs: `[B, S]` inputs of every step (S = `static_size`), the same as
+            concatenating them to `inputs` at each step; None: `inputs` hold all the kernel's rows.
         Returns:
           outputs `[B, T, H]`, (h_T, c_T).
         """
@@ -145,12 +159,34 @@ class LSTM(keras.layers.Layer):
         use_dropout = bool(training) and self.recurrent_dropout > 0.0
         if (not use_dropout and not self.layer_norm and self.compute_dtype == "float32"
                 and _gpu_available()):
-            result = self._cudnn(inputs, h0, c0, lengths)
+            full = inputs
+            if static_inputs is not None:
+                full = tf.concat([inputs, tf.broadcast_to(
+                    tf.cast(static_inputs, dtype)[:, None, :],
+                    tf.concat([tf.shape(inputs)[:2], tf.shape(static_inputs)[-1:]], 0))], -1)
+            result = self._cudnn(full, h0, c0, lengths)
             if result is not None:
                 return result
-        xw = tf.transpose(self.project(inputs), [1, 0, 2])  # [T, B, 4H]
+        # x W of every step is [T, B, 4H]: built from time-major inputs (no [B, T, 4H] transpose),
+        # and the static inputs' part and the bias as one [B, 4H] row bias.
+        x = tf.transpose(inputs, [1, 0, 2])  # [T, B, D]
+        d = int(inputs.shape[-1])
+        kernel = tf.cast(self.kernel, dtype)
+        row_bias = tf.zeros([batch, 4 * self.units], dtype)
+        if static_inputs is not None:
+            row_bias = tf.matmul(tf.cast(static_inputs, dtype), kernel[d:])
+        if not self.layer_norm:  # The layer-norm cell's shift is gate_beta.
+            row_bias = row_bias + tf.cast(self.bias, dtype)
         weights = self.cell_weights()
         dropout = self.recurrent_dropout if use_dropout else 0.0
+        # Training only: evaluation, sampling and exported signatures keep TensorFlow's own ops
+        # (a SavedModel must load where the kernel was never built, e.g. in TF Serving).
+        if (self.fused_ops is not None and bool(training) and not self.layer_norm
+                and dtype == "float32"):
+            outputs, state = fused_scan(self.fused_ops, x, h0, c0, weights["recurrent_kernel"],
+                                        kernel[:d], row_bias, dropout, lengths)
+            return tf.transpose(outputs, [1, 0, 2]), state
+        xw = tf.einsum("tbd,dg->tbg", x, kernel[:d]) + row_bias  # [T, B, 4H]
         if self.batch_splits == 1:
             outputs, state = scan(xw, h0, c0, weights, self.layer_norm, dropout, lengths)
         else:
@@ -185,7 +221,8 @@ class LSTM(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "layer_norm": self.layer_norm,
-                "recurrent_dropout": self.recurrent_dropout, "batch_splits": self.batch_splits}
+                "recurrent_dropout": self.recurrent_dropout, "batch_splits": self.batch_splits,
+                "static_size": self.static_size}
 
 
 def _split_sizes(batch: tf.Tensor, splits: int) -> tf.Tensor:
@@ -249,6 +286,60 @@ def scan(xw: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, weights: dict[str, tf.Tens
     _, h, c, outputs = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, outputs),
                                      maximum_iterations=steps)
     return outputs.stack(), (h, c)
+
+
+def fused_scan(ops, x: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, recurrent_kernel: tf.Tensor,
+               input_kernel: tf.Tensor, row_bias: tf.Tensor, dropout: float = 0.0,
+               lengths: tf.Tensor | None = None):
+    """The plain float32 cell over time as one op (the fused CPU kernel, `ops` from
+    `trainer.kernels.load()`): the same as `scan` of xw = x W_x + row_bias.
+
+    Args:
+      x: per-step inputs `[T, B, D]`; input_kernel `[D, 4H]`; row_bias `[B, 4H]` (bias plus the
+        projection of the static inputs); recurrent_kernel `[H, 4H]`; h0, c0 `[B, H]`.
+      dropout: drop rate on the cell candidate; the op draws a fresh mask for every step and row
+        (the distribution of `scan`'s masks) from a seed drawn here, and its gradient draws the
+        same masks again.
+      lengths: `[B]`; None: every row runs all T steps.
+    Returns:
+      (outputs `[T, B, H]`, (h_T, c_T)); the gradient is the kernel's backward op
+      (`register_fused_gradient`).
+    """
+    batch = tf.shape(x)[1]
+    if dropout > 0.0:
+        # A fresh seed per call (from TensorFlow's seeded stream); the op draws the masks from it.
+        seed = tf.random.uniform([2], 0, 2**31 - 1, dtype=tf.int32)
+    else:
+        seed = tf.zeros([2], tf.int32)
+    if lengths is None:
+        lengths = tf.fill([batch], tf.shape(x)[0])
+    hs, _, _, h, c = ops.sketch_lstm_forward(x, h0, c0, recurrent_kernel, input_kernel, row_bias,
+                                             tf.constant(1.0 - dropout, tf.float32), seed,
+                                             tf.cast(lengths, tf.int32))
+    return hs, (h, c)
+
+
+def register_fused_gradient(ops) -> None:
+    """Registers the gradient of the fused kernel's forward op (once per process; the op is
+    found by its type name, the backward op in `ops`)."""
+
+    def grad(op, d_hs, d_cs, d_acts, d_h, d_c):
+        del d_cs, d_acts  # Internal outputs: nothing outside the op reads them.
+        x, h0, c0, kernel, input_kernel, _, keep, seed, lengths = op.inputs
+        hs, cs, acts = op.outputs[:3]
+        zeros = lambda g, like: tf.zeros_like(like) if g is None else g  # noqa: E731
+        d_x, d_h0, d_c0, d_kernel, d_input_kernel, d_row_bias = _FUSED_OPS["ops"].sketch_lstm_backward(
+            x, kernel, input_kernel, h0, c0, hs, cs, acts, keep, seed, lengths, zeros(d_hs, hs),
+            zeros(d_h, h0), zeros(d_c, c0))
+        return d_x, d_h0, d_c0, d_kernel, d_input_kernel, d_row_bias, None, None, None
+
+    _FUSED_OPS["ops"] = ops
+    if not _FUSED_OPS.get("registered"):
+        tf.RegisterGradient("SketchLstmForward")(grad)
+        _FUSED_OPS["registered"] = True
+
+
+_FUSED_OPS: dict = {}
 
 
 def bidirectional_final_h(forward: LSTM, backward: LSTM, inputs: tf.Tensor, lengths: tf.Tensor,

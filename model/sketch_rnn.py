@@ -86,10 +86,12 @@ class StrokeEncoder(keras.layers.Layer):
     """Bidirectional LSTM over `[B, T, 5]` (masked by lengths) -> mu, sigma_hat `[B, Z]`."""
 
     def __init__(self, units: int, z_size: int, layer_norm: bool, recurrent_dropout: float,
-                 batch_splits: int = 1, **kwargs):
+                 batch_splits: int = 1, rnn_ops=None, **kwargs):
         super().__init__(**kwargs)
-        self.forward_rnn = LSTM(units, layer_norm, recurrent_dropout, batch_splits, name="forward")
-        self.backward_rnn = LSTM(units, layer_norm, recurrent_dropout, batch_splits, name="backward")
+        self.forward_rnn = LSTM(units, layer_norm, recurrent_dropout, batch_splits, rnn_ops,
+                                name="forward")
+        self.backward_rnn = LSTM(units, layer_norm, recurrent_dropout, batch_splits, rnn_ops,
+                                 name="backward")
         # Small Gaussian init as the reference (so the KL starts near zero).
         init = keras.initializers.RandomNormal(stddev=0.001)
         self.mu = keras.layers.Dense(z_size, kernel_initializer=init, name="mu")
@@ -106,9 +108,11 @@ class SketchRNN(keras.Model):
     Args:
       hps: hyperparameters.
       max_seq_len: N_max of the data (the default sampling length).
+      rnn_ops: the fused CPU LSTM kernel's op library (`trainer.kernels.load()`) for training
+        calls, or None (TensorFlow's loop; see `model.rnn.LSTM`).
     """
 
-    def __init__(self, hps: HParams, max_seq_len: int, **kwargs):
+    def __init__(self, hps: HParams, max_seq_len: int, rnn_ops=None, **kwargs):
         super().__init__(**kwargs)
         self.hps = hps
         self.max_seq_len = int(max_seq_len)
@@ -116,12 +120,16 @@ class SketchRNN(keras.Model):
         splits = max(1, hps.rnn_batch_splits)  # 0 (auto) is resolved by the trainer.
         if hps.conditional:
             self.encoder = StrokeEncoder(hps.enc_rnn_size, hps.z_size, hps.enc_model == "layer_norm",
-                                         drop, splits, name="encoder")
+                                         drop, splits, rnn_ops, name="encoder")
             self.initial_state = keras.layers.Dense(
                 2 * hps.dec_rnn_size, activation="tanh",
                 kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), name="initial_state")
-        self.decoder = LSTM(hps.dec_rnn_size, hps.dec_model == "layer_norm", drop, splits,
-                            name="decoder")
+        # z enters every step: a static input of the decoder (its projection is computed once),
+        # unless input dropout draws a new mask over [S_{i-1}; z] at every step. The kernel's rows
+        # are [S; z] either way.
+        static = hps.z_size if hps.conditional and not hps.use_input_dropout else 0
+        self.decoder = LSTM(hps.dec_rnn_size, hps.dec_model == "layer_norm", drop, splits, rnn_ops,
+                            static_size=static, name="decoder")
         # Mixture math stays in float32 under mixed precision. The bias starts Glorot-uniform as
         # the reference's `output_b` (a TF1 get_variable without initializer), not at zero.
         self.head = keras.layers.Dense(6 * hps.num_mixture + 3, dtype="float32", name="mixture_head",
@@ -154,11 +162,24 @@ class SketchRNN(keras.Model):
             z = tf.broadcast_to(z[:, None, :], tf.concat([tf.shape(prev)[:2], tf.shape(z)[-1:]], 0))
         return tf.concat([prev, tf.cast(z, prev.dtype)], axis=-1)
 
+    def _run_decoder(self, prev: tf.Tensor, z: tf.Tensor | None, state, training: bool = False,
+                     lengths: tf.Tensor | None = None):
+        """The decoder over `[B, T, 5]` rows S_{i-1} with z at every step -> (h `[B, T, H]`, state)."""
+        if self.decoder.static_size:
+            x = self.input_dropout(prev, training=training)
+            return self.decoder(x, initial_state=state, training=training, lengths=lengths,
+                                static_inputs=z)
+        x = self.input_dropout(self._decoder_inputs(prev, z), training=training)
+        return self.decoder(x, initial_state=state, training=training, lengths=lengths)
+
     def call(self, inputs: dict, training: bool = False) -> dict:
         """Teacher-forced pass.
 
         Args:
-          inputs: {"strokes": `[B, T, 5]` S_1..S_T, "lengths": `[B]`}.
+          inputs: {"strokes": `[B, T, 5]` S_1..S_T, "lengths": `[B]`, optionally
+            "decoder_lengths": `[B]` steps the decoder runs per sketch (its state, and so its
+            outputs, stop changing after them: rows past it are for a loss that leaves them out,
+            see `losses.per_example_reconstruction_loss(run_lengths=)`); default all T}.
         Returns:
           {"outputs": `[B, T, 6M+3]` float32 raw mixture/pen parameters, and when conditional
            "mu", "sigma_hat", "z" `[B, Z]`}.
@@ -176,8 +197,9 @@ class SketchRNN(keras.Model):
             z = mu + tf.exp(sigma_hat / 2.0) * eps
             result.update(mu=mu, sigma_hat=sigma_hat, z=z)
         state = self.initial_decoder_state(z, batch)
-        x = self.input_dropout(self._decoder_inputs(prev, z), training=training)
-        h, _ = self.decoder(x, initial_state=state, training=training)
+        run = inputs.get("decoder_lengths")
+        h, _ = self._run_decoder(prev, z, state, training,
+                                 lengths=None if run is None else tf.cast(run, tf.int32))
         h = self.output_dropout(h, training=training)
         result["outputs"] = self.head(h)
         return result
@@ -308,8 +330,7 @@ class SketchRNN(keras.Model):
         h, c = self.initial_decoder_state(z, num)
         start = tf.broadcast_to(tf.constant(START_ROW), tf.stack([num, 1, 5]))
         with_start = tf.concat([start, prefix], axis=1)  # S_0..S_P.
-        _, (h, c) = self.decoder(self._decoder_inputs(with_start[:, :p], z), initial_state=(h, c),
-                                 training=False)
+        _, (h, c) = self._run_decoder(with_start[:, :p], z, (h, c), training=False)
         rows, gen_lengths = self._sample_loop(h, c, with_start[:, p], z, max_len - p,
                                               temperature, seed, min_steps=tf.cast(p == 0, tf.int32))
         return tf.concat([prefix, rows], axis=1), p + gen_lengths

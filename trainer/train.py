@@ -71,12 +71,15 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def resolve_precision(precision: str) -> tuple[str, str]:
-    """`hps.precision` -> (Keras policy, why). "auto": bfloat16 compute (float32 weights and
-    mixture math) where the CPU has AMX bf16 tile units and no GPU is used, else float32
-    (AVX-512/AVX2 CPUs run bf16 matmuls slower than float32: measured, see the README)."""
+def resolve_precision(precision: str, fused_lstm: bool = False) -> tuple[str, str]:
+    """`hps.precision` -> (Keras policy, why). "auto": float32 with the fused LSTM kernel (it
+    computes in float32); else bfloat16 compute (float32 weights and mixture math) where the CPU
+    has AMX bf16 tile units and no GPU is used, else float32 (AVX-512/AVX2 CPUs run bf16 matmuls
+    slower than float32: measured, see the README)."""
     if precision != "auto":
         return precision, "set"
+    if fused_lstm:
+        return "float32", "auto: the fused LSTM kernel computes in float32"
     if tf.config.list_logical_devices("GPU"):
         return "float32", "auto: GPU (cuDNN runs float32)"
     if "amx_bf16" in cpu_flags():
@@ -90,6 +93,37 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # Not Linux.
         return max(1, os.cpu_count() or 1)
+
+
+def resolve_lstm_kernel(hps: HParams, log: Callable[[str], None] | None = None):
+    """`hps.lstm_kernel` -> (op library of the fused CPU kernel or None, why).
+
+    "auto" uses the kernel (trainer/kernels: built for this CPU at first use, then cached) when
+    training runs on CPUs only, some LSTM is a plain cell, the precision is float32 (or auto) and
+    it builds; otherwise, and for "loop", TensorFlow's while loop runs (the same math). "fused"
+    raises where the kernel cannot be used. Call it before TensorFlow runs its first op.
+    """
+    from trainer import kernels
+
+    if hps.lstm_kernel == "loop":
+        return None, "set"
+    reason = None
+    if tf.config.list_physical_devices("GPU"):  # Lists without starting the runtime.
+        reason = "a GPU is visible (the kernel is CPU-only; cuDNN or the loop runs there)"
+    elif hps.jit_compile:
+        reason = "jit_compile (XLA cannot compile a custom op)"
+    elif hps.precision not in ("auto", "float32"):
+        reason = f"precision {hps.precision} (the kernel computes in float32)"
+    elif hps.dec_model != "lstm" and (not hps.conditional or hps.enc_model != "lstm"):
+        reason = "layer-norm cells (the kernel implements the plain LSTM cell)"
+    if reason is None:
+        ops = kernels.load(log)
+        if ops is not None:
+            return ops, f"{hps.lstm_kernel}: fused CPU kernel, {kernels.why()}"
+        reason = f"the kernel is not available ({kernels.why()})"
+    if hps.lstm_kernel == "fused":
+        raise RuntimeError(f"lstm_kernel=fused cannot be used: {reason}; use lstm_kernel=auto or loop")
+    return None, f"auto: TensorFlow loop, {reason}"
 
 
 MAX_RNN_BATCH_SPLITS = 4
@@ -251,13 +285,17 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
     log = log or (lambda s: print(s, flush=True))
     metadata = schema.read_metadata(data_dir)
     max_len = schema.n_max(metadata)  # N_max: padding, loss divisor and sampling length.
-    splits, splits_why = resolve_rnn_batch_splits(hps.rnn_batch_splits)  # Before any op runs.
+    rnn_ops, kernel_why = resolve_lstm_kernel(hps, log)  # Before any op runs.
+    if rnn_ops is not None:  # The kernel spreads each LSTM over the intra-op threads itself.
+        splits, splits_why = 1, "the fused LSTM kernel runs one op per LSTM"
+    else:
+        splits, splits_why = resolve_rnn_batch_splits(hps.rnn_batch_splits)
     if isinstance(strategy, str):
         strategy = select_strategy(strategy)
     chief = is_chief(strategy)
     if chief:
         _write_json_files(model_dir, hps, metadata)
-    policy, why = resolve_precision(hps.precision)
+    policy, why = resolve_precision(hps.precision, fused_lstm=rnn_ops is not None)
     keras.mixed_precision.set_global_policy(policy)
     loss_scale = FLOAT16_LOSS_SCALE if policy == "mixed_float16" else 1.0
     global_batch = hps.batch_size
@@ -267,7 +305,7 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
 
     with strategy.scope():
         # hparams.json keeps rnn_batch_splits as given (0 re-resolves on the next machine).
-        model = SketchRNN(hps.replace(rnn_batch_splits=splits), max_len)
+        model = SketchRNN(hps.replace(rnn_batch_splits=splits), max_len, rnn_ops=rnn_ops)
         dummy = {"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2], tf.int32)}
         model(dummy, training=False)  # Creates the (mirrored) variables before any tf.function.
         # epsilon 1e-8: TF1 AdamOptimizer's default, which the reference uses (Keras defaults to 1e-7).
@@ -295,7 +333,8 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
         log(f"resumed from {latest} at step {int(step.numpy())}")
     if hps.precision == "auto":
         log(f"precision {policy} ({why})")
-    if hps.rnn_batch_splits == 0:
+    log(f"lstm_kernel {'fused' if rnn_ops is not None else 'loop'} ({kernel_why})")
+    if hps.rnn_batch_splits == 0 and rnn_ops is None:
         log(f"rnn_batch_splits {splits} ({splits_why})")
     start_step = int(step.numpy())
     data_seed = int(rng.uniform_full_int([], tf.int32).numpy()) & 0x7FFFFFF
@@ -318,11 +357,16 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
 
     def forward(batch: dict[str, tf.Tensor], kl_w: tf.Tensor):
         """Per-replica scaled loss and grads; `[b, T, 5]` strokes, `[b]` lengths."""
+        run = None
+        if hps.trim_batches and hps.decoder_end_rows > 0:
+            # Each sketch's decoder stops decoder_end_rows rows after its end (see HParams).
+            run = tf.minimum(batch["lengths"] + hps.decoder_end_rows, tf.shape(batch["strokes"])[1])
+            batch = {**batch, "decoder_lengths": run}
         with tf.GradientTape() as tape:
             out = model(batch, training=True)
             l_s, l_p = losses.per_example_reconstruction_loss(
                 batch["strokes"], tf.cast(out["outputs"], tf.float32), hps.num_mixture,
-                max_seq_len=max_len)
+                max_seq_len=max_len, run_lengths=run)
             recon = tf.nn.compute_average_loss(l_s + l_p, global_batch_size=global_batch)
             local = tf.cast(tf.shape(l_s)[0], tf.float32) / global_batch
             if conditional:
