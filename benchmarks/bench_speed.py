@@ -8,14 +8,16 @@ aaron_sheep (`../shared/data/sketchrnn_npz/aaron_sheep.npz`; ours through our ow
                   $REF_PYTHON or /tmp/ref-venv/bin/python: `python3 -m venv /tmp/ref-venv &&
                   /tmp/ref-venv/bin/pip install tensorflow==2.21.0 tf-keras==2.21.0`); skipped with a
                   message when ../shared/reference or that interpreter is absent
-  paper-exact     ours, every batch padded to N_max: the same work per step as the reference
-  defaults        the project defaults: each batch trimmed to its longest sketch + 1 end row (the
-                  loss still / N_max), precision auto (float32 unless the CPU has AMX), one LSTM loop
-                  per CPU core over slices of the batch with single-threaded ops (rnn_batch_splits auto)
-  one loop        defaults with rnn_batch_splits=1: one loop per LSTM, TensorFlow's default thread pools
+  paper-exact     ours, every batch padded to N_max and every row run: the same work per step as the
+                  reference (with the fused LSTM kernel where it builds, as by default)
+  defaults        the project defaults: each batch trimmed to its longest sketch + 1 end row, the decoder
+                  run to each sketch's end + 16 end rows (decoder_end_rows; the loss still / N_max),
+                  precision auto, the fused CPU LSTM kernel (lstm_kernel auto)
+  ... loop        the same with lstm_kernel=loop: TensorFlow's while loop (rnn_batch_splits auto: one
+                  loop per CPU core over slices of the batch with single-threaded ops)
   + bucket        defaults with batches grouped by length (faster, but learns slower per step)
-  + XLA           defaults with jit_compile (one compilation per batch length)
-  + bf16          defaults with mixed_bfloat16 (faster only with AMX bf16 units; `auto` picks it there)
+  + bf16          defaults with mixed_bfloat16 (the loop: the kernel is float32; faster only with AMX
+                  bf16 units, where `auto` without the kernel would pick it)
 
 Every row runs through the real trainer loop in a fresh process (ours: `train_and_evaluate`, one
 device, input pipeline and host sync included; the reference: its own sess.run loop, NumPy batching
@@ -25,7 +27,7 @@ Sampling: an exported SavedModel (`paper` preset, untrained, end-of-sketch pinne
 sketch runs all 250 points: the worst case) loaded with tf.saved_model.load; median wall time of
 `sample` for 1 and 100 sketches, with and without the XLA-compiled signature.
 
-    .venv/bin/python benchmarks/bench_speed.py [--steps 20] [--warmup 3] [--skip-sample] [--skip-train]
+    .venv/bin/python benchmarks/bench_speed.py [--steps 20] [--warmup 3] [--skip-sample] [--skip-train] [--quick]
 """
 
 from __future__ import annotations
@@ -48,12 +50,13 @@ REFERENCE = REPO.parent / "shared" / "reference" / "bench_reference.py"
 PAPER_EXACT = ["trim_batches=false", "bucket_batches=false"]
 CONFIGS = [
     ("paper-exact (N_max padding)", PAPER_EXACT),
-    ("project defaults (trim, precision auto)", []),
-    ("defaults, one loop per LSTM", ["rnn_batch_splits=1"]),
+    ("project defaults", []),
+    ("paper-exact, TensorFlow loop", PAPER_EXACT + ["lstm_kernel=loop"]),
+    ("defaults, TensorFlow loop", ["lstm_kernel=loop"]),
     ("defaults + bucket", ["bucket_batches=true"]),
-    ("defaults + XLA", ["jit_compile=true"]),
-    ("defaults + bf16", ["precision=mixed_bfloat16"]),
+    ("defaults + bf16 (TensorFlow loop)", ["precision=mixed_bfloat16"]),
 ]
+QUICK = {"paper-exact (N_max padding)", "project defaults", "defaults, TensorFlow loop"}
 
 TRAIN_CHILD = r'''
 import json, sys, time
@@ -169,6 +172,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--skip-train", action="store_true", help="only the sampling rows")
     parser.add_argument("--skip-sample", action="store_true", help="only the training rows")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the reference, paper-exact, defaults and defaults with the loop")
     parser.add_argument("--ref-python", default=os.environ.get("REF_PYTHON", "/tmp/ref-venv/bin/python"),
                         help="interpreter with tensorflow==2.21.0 and tf-keras for the reference")
     args = parser.parse_args()
@@ -187,6 +192,8 @@ def main() -> int:
                 print(f"  {rows[-1][0]}: {rows[-1][1]} ({time.time() - start:.0f} s)", flush=True)
             base = None
             for i, (name, sets) in enumerate(CONFIGS):
+                if args.quick and name not in QUICK:
+                    continue
                 start = time.time()
                 r = child(TRAIN_CHILD, str(tmp / "data"), str(tmp / f"run{i}"), str(args.steps),
                           str(args.warmup), *sets)

@@ -90,10 +90,11 @@ def main() -> int:
     from model.hparams import HParams
     from model.sketch_rnn import SketchRNN
     from trainer import input as input_lib
-    from trainer.train import resolve_precision
+    from trainer.train import resolve_lstm_kernel, resolve_precision
 
     hps = HParams.preset("paper").with_overrides(args.set)
-    keras.mixed_precision.set_global_policy(resolve_precision(hps.precision)[0])
+    rnn_ops, kernel_why = resolve_lstm_kernel(hps, print)
+    keras.mixed_precision.set_global_policy(resolve_precision(hps.precision, rnn_ops is not None)[0])
     b, t = hps.batch_size, args.T
     rng = np.random.default_rng(0)
     lengths = rng.integers(t // 3, t + 1, b).astype(np.int32)
@@ -104,13 +105,14 @@ def main() -> int:
         strokes[i, :n, 2] = 1
         strokes[i, n:, 4] = 1
     batch = {"strokes": tf.constant(strokes), "lengths": tf.constant(lengths)}
-    model = SketchRNN(hps, t)
+    model = SketchRNN(hps, t, rnn_ops=rnn_ops)
     model(batch, training=False)
     opt = keras.optimizers.Adam(1e-3, epsilon=1e-8)
     variables = model.trainable_variables
     opt.build(variables)
     enc, dec = model.encoder, model.decoder
-    x_dec = tf.random.normal([b, t, 5 + hps.z_size])
+    x_dec = tf.random.normal([b, t, 5])
+    z_dec = tf.random.normal([b, hps.z_size])
     h_dec = tf.random.normal([b, t, hps.dec_rnn_size])
 
     def grads_of(loss_fn, var_list):
@@ -148,9 +150,9 @@ def main() -> int:
     pieces = [
         ("encoder fwd+bwd", grads_of(lambda: tf.add_n([tf.reduce_sum(v) for v in enc(
             batch["strokes"], batch["lengths"], training=True)]), enc.trainable_variables)),
-        ("decoder fwd", tf.function(lambda: dec(x_dec, training=True)[0])),
-        ("decoder fwd+bwd", grads_of(lambda: tf.reduce_sum(tf.cast(dec(x_dec, training=True)[0], tf.float32)),
-                                     dec.trainable_variables)),
+        ("decoder fwd", tf.function(lambda: dec(x_dec, training=True, static_inputs=z_dec)[0])),
+        ("decoder fwd+bwd", grads_of(lambda: tf.reduce_sum(tf.cast(
+            dec(x_dec, training=True, static_inputs=z_dec)[0], tf.float32)), dec.trainable_variables)),
         ("head + loss fwd+bwd", grads_of(head_loss, model.head.trainable_variables)),
         ("model fwd+bwd (whole loss)", full_grads),
         ("optimizer (clip + Adam)", apply_only),
@@ -164,7 +166,9 @@ def main() -> int:
         it = iter(input_lib.make_dataset(tmp, "train", hps, meta, b, True, seed=0))
         pieces.append(("input pipeline (one batch)", lambda: next(it)["strokes"]))
         print(f"paper preset, B={b}, T={t}, recurrent dropout {hps.use_recurrent_dropout}, "
-              f"policy {keras.mixed_precision.global_policy().name}, {os.cpu_count()} cores", flush=True)
+              f"policy {keras.mixed_precision.global_policy().name}, {os.cpu_count()} cores, "
+              f"LSTM {'fused kernel' if rnn_ops is not None else 'TensorFlow loop'} ({kernel_why})",
+              flush=True)
         results = {}
         for name, fn in pieces:
             results[name] = _timeit(fn, args.reps)
