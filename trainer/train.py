@@ -351,7 +351,12 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
                                       ctx.get_per_replica_batch_size(global_batch), True,
                                       seed=data_seed, input_context=ctx, follow=follower)
 
-    train_ds = strategy.distribute_datasets_from_function(train_input)
+    # On CPUs only, batches stay where tf.data made them: fetching them "to the device" goes through
+    # a per-device generator that cost 0.6 s of a 2.5 s paper-preset step on 2 cores (measured).
+    options = None
+    if not tf.config.list_logical_devices("GPU"):
+        options = tf.distribute.InputOptions(experimental_fetch_to_device=False)
+    train_ds = strategy.distribute_datasets_from_function(train_input, options=options)
     conditional = hps.conditional
     variables = model.trainable_variables
 

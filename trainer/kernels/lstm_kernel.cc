@@ -184,7 +184,10 @@ Partition MakePartition(const int32_t* lengths, int batch, int steps, int parts)
   return p;
 }
 
-// Runs fn(k) for k in [0, parts) on the op's intra-op threads (the caller runs part 0).
+// Runs fn(k) for k in [0, parts) on the op's intra-op threads and waits for them. Every part goes
+// to the pool (the calling inter-op thread only waits), so that two of these ops running at once
+// (the encoder's two directions) share the pool's threads instead of running one thread more
+// than there are cores each.
 template <typename Fn>
 void RunParts(OpKernelContext* ctx, int parts, Fn fn) {
   if (parts == 1) {
@@ -192,14 +195,13 @@ void RunParts(OpKernelContext* ctx, int parts, Fn fn) {
     return;
   }
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  tensorflow::BlockingCounter counter(parts - 1);
-  for (int k = 1; k < parts; ++k) {
+  tensorflow::BlockingCounter counter(parts);
+  for (int k = 0; k < parts; ++k) {
     pool->Schedule([&, k]() {
       fn(k);
       counter.DecrementCount();
     });
   }
-  fn(0);
   counter.Wait();
 }
 
