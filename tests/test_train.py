@@ -386,3 +386,32 @@ def test_rnn_batch_splits_auto_keeps_thread_pools_from_the_environment(tmp_path)
     assert got["first"] == [4, "auto: 4 cores, thread pools from the environment"]
     got = _splits_child(tmp_path, 4, TF_NUM_INTEROP_THREADS="0")  # 0: TensorFlow's default, all cores
     assert got["first"] == [4, "auto: 4 cores, thread pools from the environment"]
+
+
+STRATEGY_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import tensorflow as tf
+    if sys.argv[1] == "2":
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from trainer.train import describe_strategy, select_strategy
+    out = {}
+    for name in ("mirrored", "one_device"):
+        s = select_strategy(name)
+        out[name] = [s is tf.distribute.get_strategy(), type(s).__name__, s.num_replicas_in_sync,
+                     describe_strategy(s)]
+    print("RESULT " + json.dumps(out))
+''')
+
+
+def test_one_cpu_device_trains_under_the_default_strategy(tmp_path):
+    """One CPU and no GPU: `mirrored` and `one_device` give TensorFlow's default strategy (a
+    one-replica MirroredStrategy costs ~a fifth of a CPU step); two logical CPUs stay mirrored."""
+    one = run_script(tmp_path, STRATEGY_SCRIPT, 1)
+    for name in ("mirrored", "one_device"):
+        assert one[name][0] and one[name][2] == 1, one
+        assert one[name][3] == "default (one CPU device: nothing to distribute)"
+    two = run_script(tmp_path, STRATEGY_SCRIPT, 2)
+    assert two["mirrored"][:3] == [False, "MirroredStrategy", 2]
+    assert two["mirrored"][3].startswith("MirroredStrategy over 2 replica(s): ")
+    assert two["one_device"][0]  # Still one device: the default strategy.

@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one hyperparameter, e.g. --set batch_size=64 (repeatable)")
     p.add_argument("--steps", type=int, default=100_000, help="train until this global step")
     p.add_argument("--strategy", default="mirrored", choices=STRATEGIES,
-                   help="mirrored: all local GPUs (or CPU); multiworker: from TF_CONFIG; one_device")
+                   help="mirrored: all local GPUs (one CPU, no GPU: TensorFlow's default strategy, nothing to "
+                        "distribute); multiworker: from TF_CONFIG; one_device")
     p.add_argument("--checkpoint-every", type=int, default=500, help="save a checkpoint every N steps")
     p.add_argument("--keep-checkpoints", type=int, default=5, help="how many recent checkpoints to keep")
     p.add_argument("--eval-every", type=int, default=1000, help="validate (and save the best) every N steps")
