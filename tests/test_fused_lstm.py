@@ -95,6 +95,34 @@ def test_forward_matches_numpy(ops, use_mask):
     np.testing.assert_array_equal(h.numpy()[2], a["h0"][2])  # Length 0: the initial state.
 
 
+def test_both_ops_refuse_inputs_of_the_wrong_shape(ops):
+    """The shared input check: a wrong h0, lengths or input_kernel is an InvalidArgumentError that
+    names the input, from the forward and the backward op alike (never a read out of bounds)."""
+    a = _inputs()
+    lengths = np.full([5], 7, np.int32)
+    hs, cs, acts, h, c = ops.sketch_lstm_forward(a["x"], a["h0"], a["c0"], a["w"], a["wx"], a["row_bias"],
+                                                 1.0, SEED, lengths)
+
+    def forward(**bad):
+        b = {**a, "lengths": lengths, **bad}
+        return ops.sketch_lstm_forward(b["x"], b["h0"], b["c0"], b["w"], b["wx"], b["row_bias"], 1.0, SEED,
+                                       b["lengths"])
+
+    def backward(**bad):
+        b = {**a, "lengths": lengths, **bad}
+        return ops.sketch_lstm_backward(b["x"], b["w"], b["wx"], b["h0"], b["c0"], hs, cs, acts, 1.0, SEED,
+                                        b["lengths"], tf.zeros_like(hs), tf.zeros_like(h), tf.zeros_like(c))
+
+    backward()  # The good inputs pass.
+    for op in (forward, backward):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="h0 and c0 must be"):
+            op(h0=a["h0"][:4])
+        with pytest.raises(tf.errors.InvalidArgumentError, match="lengths must be"):
+            op(lengths=lengths[:3])
+        with pytest.raises(tf.errors.InvalidArgumentError, match="input_kernel must be"):
+            op(wx=a["wx"][:, :-1])
+
+
 def _loop_reference(x, h0, c0, w, wx, row_bias, mask, lengths):
     """The same cell as TensorFlow ops (model.rnn.lstm_step, one unrolled step at a time)."""
     steps = x.shape[0]

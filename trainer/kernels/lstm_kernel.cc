@@ -219,6 +219,27 @@ RowMat StackWeights(const Tensor& w, const Tensor& wx) {
   return stacked;
 }
 
+// The inputs both LSTM ops take: x [T, B, D], kernel [H, 4H], input_kernel [D, 4H], h0 and c0
+// [B, H], keep_prob a scalar, seed [2], lengths [B].
+absl::Status CheckLstmInputs(const Tensor& x, const Tensor& w, const Tensor& wx, const Tensor& h0,
+                             const Tensor& c0, const Tensor& keep, const Tensor& seed,
+                             const Tensor& len) {
+  if (x.dims() != 3) return InvalidArgument("x must be [T, B, D]");
+  if (w.dims() != 2 || w.dim_size(1) != 4 * w.dim_size(0)) {
+    return InvalidArgument("kernel must be [H, 4H]");
+  }
+  const int64_t B = x.dim_size(1), D = x.dim_size(2), H = w.dim_size(0);
+  if (!(h0.shape() == TensorShape({B, H})) || !(c0.shape() == TensorShape({B, H}))) {
+    return InvalidArgument("h0 and c0 must be [B, H]");
+  }
+  if (!(wx.shape() == TensorShape({D, 4 * H}))) return InvalidArgument("input_kernel must be [D, 4H]");
+  if (keep.NumElements() != 1 || seed.NumElements() != 2) {
+    return InvalidArgument("keep_prob must be a scalar and seed [2]");
+  }
+  if (!(len.shape() == TensorShape({B}))) return InvalidArgument("lengths must be [B]");
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 class SketchLstmForwardOp : public OpKernel {
@@ -235,18 +256,10 @@ class SketchLstmForwardOp : public OpKernel {
     const Tensor& keep_t = ctx->input(6);
     const Tensor& seed_t = ctx->input(7);
     const Tensor& len_t = ctx->input(8);
-    OP_REQUIRES(ctx, x_t.dims() == 3, InvalidArgument("x must be [T, B, D]"));
-    OP_REQUIRES(ctx, w_t.dims() == 2 && w_t.dim_size(1) == 4 * w_t.dim_size(0),
-                InvalidArgument("kernel must be [H, 4H]"));
+    OP_REQUIRES_OK(ctx, CheckLstmInputs(x_t, w_t, wx_t, h0_t, c0_t, keep_t, seed_t, len_t));
     const int T = x_t.dim_size(0), B = x_t.dim_size(1), D = x_t.dim_size(2);
     const int H = w_t.dim_size(0), G = 4 * H, HD = H + D;
-    OP_REQUIRES(ctx, h0_t.shape() == TensorShape({B, H}) && c0_t.shape() == TensorShape({B, H}),
-                InvalidArgument("h0 and c0 must be [B, H]"));
-    OP_REQUIRES(ctx, wx_t.shape() == TensorShape({D, G}), InvalidArgument("input_kernel must be [D, 4H]"));
     OP_REQUIRES(ctx, rb_t.shape() == TensorShape({B, G}), InvalidArgument("row_bias must be [B, 4H]"));
-    OP_REQUIRES(ctx, keep_t.NumElements() == 1 && seed_t.NumElements() == 2,
-                InvalidArgument("keep_prob must be a scalar and seed [2]"));
-    OP_REQUIRES(ctx, len_t.shape() == TensorShape({B}), InvalidArgument("lengths must be [B]"));
     const Dropout dropout(keep_t.flat<float>()(0), seed_t.flat<int32_t>().data());
 
     Tensor *hs_t, *cs_t, *acts_t, *hl_t, *cl_t;
@@ -343,22 +356,15 @@ class SketchLstmBackwardOp : public OpKernel {
     const Tensor& dhs_t = ctx->input(11);
     const Tensor& dhl_t = ctx->input(12);
     const Tensor& dcl_t = ctx->input(13);
-    OP_REQUIRES(ctx, x_t.dims() == 3, InvalidArgument("x must be [T, B, D]"));
-    OP_REQUIRES(ctx, w_t.dims() == 2 && w_t.dim_size(1) == 4 * w_t.dim_size(0),
-                InvalidArgument("kernel must be [H, 4H]"));
+    OP_REQUIRES_OK(ctx, CheckLstmInputs(x_t, w_t, wx_t, h0_t, c0_t, keep_t, seed_t, len_t));
     const int T = x_t.dim_size(0), B = x_t.dim_size(1), D = x_t.dim_size(2);
     const int H = w_t.dim_size(0), G = 4 * H, HD = H + D;
     const TensorShape tbh({T, B, H}), bh({B, H});
-    OP_REQUIRES(ctx, wx_t.shape() == TensorShape({D, G}), InvalidArgument("input_kernel must be [D, 4H]"));
-    OP_REQUIRES(ctx, h0_t.shape() == bh && c0_t.shape() == bh && dhl_t.shape() == bh &&
-                         dcl_t.shape() == bh,
-                InvalidArgument("h0, c0, d_h_last, d_c_last must be [B, H]"));
+    OP_REQUIRES(ctx, dhl_t.shape() == bh && dcl_t.shape() == bh,
+                InvalidArgument("d_h_last and d_c_last must be [B, H]"));
     OP_REQUIRES(ctx, hs_t.shape() == tbh && cs_t.shape() == tbh && dhs_t.shape() == tbh,
                 InvalidArgument("hs, cs, d_hs must be [T, B, H]"));
     OP_REQUIRES(ctx, acts_t.shape() == TensorShape({T, B, G}), InvalidArgument("acts must be [T, B, 4H]"));
-    OP_REQUIRES(ctx, keep_t.NumElements() == 1 && seed_t.NumElements() == 2,
-                InvalidArgument("keep_prob must be a scalar and seed [2]"));
-    OP_REQUIRES(ctx, len_t.shape() == TensorShape({B}), InvalidArgument("lengths must be [B]"));
     const Dropout dropout(keep_t.flat<float>()(0), seed_t.flat<int32_t>().data());
 
     Tensor *dx_t, *dh0_t, *dc0_t, *dw_t, *dwx_t, *drb_t;
