@@ -50,20 +50,20 @@ def select_strategy(name: str) -> tf.distribute.Strategy:
     on the same device without a one-replica MirroredStrategy/OneDeviceStrategy around it, which
     costs about a fifth of a CPU training step (paper preset on 2 cores: 2.25 -> 1.80 s per step,
     README "Benchmarks")."""
+    if name == "multiworker":  # Before anything lists devices: that would start the runtime.
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy multiworker needs TF_CONFIG (cluster and task) in the environment; "
+                             "see the README's trainer section for an example")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored":
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         if len(devices) == 1 and not gpus:
             return tf.distribute.get_strategy()
         return tf.distribute.MirroredStrategy(devices=devices)
-    if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy multiworker needs TF_CONFIG (cluster and task) in the environment; "
-                             "see the README's trainer section for an example")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy(gpus[0].name) if gpus else tf.distribute.get_strategy()
-    raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
+    return tf.distribute.OneDeviceStrategy(gpus[0].name) if gpus else tf.distribute.get_strategy()
 
 
 def describe_strategy(strategy: tf.distribute.Strategy) -> str:
