@@ -14,6 +14,7 @@ commands are rebuilt from the hparams that differ from the preset.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -31,6 +32,12 @@ ATTRIBUTION = ("Google Creative Lab, \"The Quick, Draw! Dataset\" "
 def read_jsonl(path: str) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def most_common_gap(records: list[dict], default: int) -> int:
+    """The usual step spacing of a run's records (a resumed or final record may break it)."""
+    gaps = collections.Counter(b["step"] - a["step"] for a, b in zip(records, records[1:]))
+    return gaps.most_common(1)[0][0] if gaps else default
 
 
 def cpu_name() -> str:
@@ -61,6 +68,8 @@ def main() -> int:
     p.add_argument("--source", required=True, help="the .npz the data was preprocessed from")
     p.add_argument("--score", help="JSON report of `scripts/sketch_classifier.py score`")
     p.add_argument("--steps-note", default="", help="a sentence on how the run was stopped, if it was")
+    p.add_argument("--checkpoint-every", type=int, default=500,
+                   help="the run's --checkpoint-every, for the reproduce line (default: 500)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -79,6 +88,9 @@ def main() -> int:
     at_export = [m for m in valid if m["step"] <= shipped_step] or valid
     best = min(at_export, key=lambda m: m["cost"])
     preset, diff = closest_preset(hps)
+    # The run's --eval-every / --log-every, read back from the spacing of its records.
+    eval_every = most_common_gap(valid, default=1000)
+    log_every = most_common_gap(train, default=100)
     sets = " ".join(f"--set {k}={v}" for k, v in sorted(diff.items()))
     size = sum(os.path.getsize(os.path.join(root, n)) for root, _, names in os.walk(version_dir) for n in names)
 
@@ -136,7 +148,8 @@ def main() -> int:
     lines += ["## Reproduce", "", "```bash",
               f"sketch-rnn preprocess --input {args.source} --output runs/qd/{args.name}",
               f"sketch-rnn train --data runs/qd/{args.name} --model-dir runs/m_{args.name} --preset {preset} "
-              f"{sets} --steps {last_train['step']} --checkpoint-every 250 --eval-every 500 --log-every 100",
+              f"{sets} --steps {last_train['step']} --checkpoint-every {args.checkpoint_every} "
+              f"--eval-every {eval_every} --log-every {log_every}",
               f"sketch-rnn export --model-dir runs/m_{args.name} --export-dir deploy/pretrained/{args.name} "
               f"--checkpoint best --version {shipped_step}",
               "```", ""]
