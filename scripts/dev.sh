@@ -36,7 +36,12 @@ case "$cmd" in
   test)
     setup_venv
     shift
-    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
+    # Test paths given (bash scripts/dev.sh test tests/test_train.py -k foo): run those; else the whole suite.
+    where=tests
+    for arg in "$@"; do
+      case "$arg" in tests/*|./tests/*) where=; break ;; esac
+    done
+    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider $where "$@"
     ;;
   *)
     echo "usage: bash scripts/dev.sh demo|test [extra args]" >&2
