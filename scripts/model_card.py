@@ -118,7 +118,9 @@ def main() -> int:
     lines += ["Validation (whole valid split, padded to N_max as the reference; L_R = L_s + L_p, KL floored as "
               "the reference reports it):", "", "| step | L_R | L_s | L_p | KL | KL (raw) |", "|---|---|---|---|---|---|"]
     stride = max(1, len(valid) // 10)
-    shown = valid[::stride] + ([valid[-1]] if valid[-1] not in valid[::stride] else [])
+    # Every stride-th record, plus the shipped checkpoint's and the last one.
+    shown_steps = {m["step"] for m in valid[::stride]} | {best["step"], valid[-1]["step"]}
+    shown = [m for m in valid if m["step"] in shown_steps]
     for m in shown:
         lines.append(f"| {m['step']} | {m['recon']:.3f} | {m['l_s']:.3f} | {m['l_p']:.3f} | "
                      f"{m['kl_floored']:.3f} | {m['kl']:.3f} |")
