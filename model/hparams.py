@@ -60,6 +60,10 @@ class HParams:
     # Data augmentation (training only).
     random_scale_factor: float = 0.15  # Scale dx, dy by U(1 - f, 1 + f), independently per axis.
     augment_stroke_prob: float = 0.10  # Probability of merging a point into the next one.
+    # Not in the reference (off by default): for categories with few sketches. A mirrored sketch
+    # (dx -> -dx) is the same object facing the other way; a small rotation, another hand.
+    augment_flip_prob: float = 0.0  # Probability of mirroring a sketch left-right.
+    augment_rotate_degrees: float = 0.0  # Rotate each sketch by U(-a, a) degrees.
 
     # Input / speed (do not change what is learned, only how fast).
     # The loss always divides by N_max, so trimming changes the speed, not the loss.
@@ -96,6 +100,10 @@ class HParams:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 errors.append(f"{name} must be in [0, 1), got {value}")
+        if not 0.0 <= self.augment_flip_prob <= 1.0:
+            errors.append(f"augment_flip_prob must be in [0, 1], got {self.augment_flip_prob}")
+        if not 0.0 <= self.augment_rotate_degrees <= 180.0:
+            errors.append(f"augment_rotate_degrees must be in [0, 180], got {self.augment_rotate_degrees}")
         for name in ("decay_rate", "kl_decay_rate"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:

@@ -122,3 +122,51 @@ def test_cli_refuses_a_run_whose_checkpoints_are_all_broken(tmp_path, sample_dir
     err = capsys.readouterr().err
     assert "no checkpoint in" in err and "restores" in err and "truncated" in err
     assert sorted(os.listdir(run / "checkpoints")) == kept  # Nothing saved over them.
+
+
+def test_init_from_continues_another_run_with_new_hparams(tmp_path, sample_dir):
+    """--init-from: a new model dir starts from another run's checkpoint (weights, optimizer state,
+    step), under other training hparams; the first run's files are untouched; a shape mismatch
+    and a missing prefix are refused before anything is written."""
+    from model.hparams import HParams
+    from trainer.train import load_trained_model, train_and_evaluate
+
+    write_dataset(tmp_path / "d", sample_sketches(sample_dir, limit=40), shards=1)
+    hps = HParams.preset("tiny").replace(batch_size=4)
+    kw = dict(checkpoint_every=2, eval_every=0, log_every=1, export=False, test_at_end=False)
+    first = tmp_path / "first"
+    train_and_evaluate(str(tmp_path / "d"), str(first), hps, 4, "one_device", log=lambda s: None, **kw)
+    source = str(first / "checkpoints" / "ckpt-4")
+    before = {p.name: _digest(p) for p in (first / "checkpoints").iterdir()}
+    restored, _, _ = load_trained_model(str(first), source)
+
+    second = tmp_path / "second"
+    changed = hps.replace(augment_flip_prob=0.5, recurrent_dropout_rate=0.3)
+    logs = []
+    # Zero learning rate floor and decay 1: the weights after init equal the source's at step 4.
+    frozen = changed.replace(learning_rate=1e-30, min_learning_rate=0.0)
+    result = train_and_evaluate(str(tmp_path / "d"), str(second), frozen, 5, "one_device",
+                                log=logs.append, init_from=source, **kw)
+    assert f"initialised from {source} at step 4" in logs[0]
+    assert [int(x.split()[1].split("/")[0]) for x in logs if x.startswith("step ")] == [5]
+    assert result["step"] == 5
+    after, saved_hps, _ = load_trained_model(str(second))
+    assert saved_hps.augment_flip_prob == 0.5
+    for a, b in zip(restored.weights, after.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.name)
+    assert {p.name: _digest(p) for p in (first / "checkpoints").iterdir()} == before
+
+    # A rerun resumes its own checkpoint and says the flag is ignored.
+    logs = []
+    train_and_evaluate(str(tmp_path / "d"), str(second), frozen, 6, "one_device", log=logs.append,
+                       init_from=source, **kw)
+    assert logs[0] == f"resumed from {second / 'checkpoints' / 'ckpt-5'} at step 5"
+    assert "ignored" in logs[1]
+
+    with pytest.raises(ValueError, match="dec_rnn_size"):
+        train_and_evaluate(str(tmp_path / "d"), str(tmp_path / "wide"), hps.replace(dec_rnn_size=48), 5,
+                           "one_device", log=lambda s: None, init_from=source, **kw)
+    assert not (tmp_path / "wide").exists()
+    with pytest.raises(FileNotFoundError, match="ckpt-99.index is missing"):
+        train_and_evaluate(str(tmp_path / "d"), str(tmp_path / "none"), hps, 5, "one_device",
+                           log=lambda s: None, init_from=str(first / "checkpoints" / "ckpt-99"), **kw)

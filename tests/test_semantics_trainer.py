@@ -295,6 +295,42 @@ def test_training_input_shuffles_records_within_a_file(tmp_path):
     assert in_order < 0.2 * len(a), a
 
 
+def test_flip_and_rotate_are_off_by_default_and_mirror_and_rotate_when_on():
+    """Our two options beyond the reference: off, `augment` gives exactly the reference's output
+    for the same seed; on, each sketch is mirrored (dx -> -dx) with probability p and its offsets
+    rotated by U(-a, a) degrees, which keeps every offset's length and the pens unchanged."""
+    from trainer import augment as augment_lib
+
+    rng = np.random.default_rng(0)
+    strokes = np.zeros([12, 5], np.float32)
+    strokes[:10, :2] = rng.normal(size=[10, 2]) * 5
+    strokes[:10, 2], strokes[9, 2:4] = 1.0, [0.0, 1.0]
+    strokes[10:, 4] = 1.0
+    for k in range(5):
+        seed = tf.constant([k, 1])
+        ref = augment_lib.augment(strokes, 10, 0.15, 0.3, seed)
+        off = augment_lib.augment(strokes, 10, 0.15, 0.3, seed, 0.0, 0.0)
+        np.testing.assert_array_equal(ref[0].numpy(), off[0].numpy())
+    a, n = 20.0, 400
+    angles, flips = [], 0
+    for k in range(n):
+        out = augment_lib.augment(strokes, 10, 0.0, 0.0, tf.constant([k, 2]), 0.5, a)[0].numpy()
+        np.testing.assert_array_equal(out[:, 2:], strokes[:, 2:])
+        np.testing.assert_allclose(np.hypot(out[:, 0], out[:, 1]), np.hypot(strokes[:, 0], strokes[:, 1]),
+                                   rtol=1e-5, atol=1e-5)
+        # The linear map taking the input offsets to the output: a rotation, or a rotation of the mirror.
+        m = np.linalg.lstsq(strokes[:10, :2], out[:10, :2], rcond=None)[0].T
+        flipped = np.linalg.det(m) < 0
+        flips += flipped
+        r = m @ np.diag([-1.0, 1.0]) if flipped else m
+        angles.append(np.degrees(np.arctan2(r[1, 0], r[0, 0])))
+    angles = np.array(angles)
+    assert abs(flips / n - 0.5) < 5 * 0.5 / np.sqrt(n), flips
+    assert angles.min() >= -a - 1e-3 and angles.max() <= a + 1e-3
+    assert abs(angles.std() - a / np.sqrt(3)) < 0.15 * a / np.sqrt(3), angles.std()
+    assert abs(angles.mean()) < 5 * a / np.sqrt(3 * n)
+
+
 def test_random_scale_draws_one_uniform_factor_per_axis():
     """The reference's random_scale: dx *= U(1 - f, 1 + f) and dy *= U(1 - f, 1 + f), independent
     draws per axis and per sketch (400 seeds through `augment`, stroke augmentation off)."""

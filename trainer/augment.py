@@ -17,6 +17,12 @@ Semantics follow the reference implementation (magenta sketch_rnn `utils.py`), w
   original pen states (the reference's `prev_stroke` is always pen-down when a drop happens), the
   walk is computed without a loop: run lengths by a cumulative max, merging by a segment sum.
   The new length is the number of kept points; rows from it on are (0, 0, 0, 0, 1) again.
+
+Two options the reference does not have (off by default, so the reference's stream of random
+numbers is unchanged when they are off), applied before `random_scale`:
+
+* `flip`: with probability p, dx *= -1 (the sketch mirrored left-right).
+* `rotate`: offsets rotated by an angle U(-a, a) degrees (y points down, as in Quick Draw).
 """
 
 from __future__ import annotations
@@ -32,6 +38,20 @@ def random_scale(strokes: tf.Tensor, factor: float, seed: tf.Tensor) -> tf.Tenso
     strokes = tf.convert_to_tensor(strokes, tf.float32)
     scale = tf.random.stateless_uniform([2], seed=seed, minval=1.0 - factor, maxval=1.0 + factor)
     return tf.concat([strokes[:, :2] * scale, strokes[:, 2:]], axis=1)
+
+
+def flip_and_rotate(strokes: tf.Tensor, flip_prob: float, rotate_degrees: float,
+                    seed: tf.Tensor) -> tf.Tensor:
+    """Mirrors (dx -> -dx, with probability `flip_prob`) then rotates the offsets of `strokes`
+    `[N, 5]` by U(-a, a) degrees; returns `[N, 5]`. Padding rows keep zero offsets."""
+    strokes = tf.convert_to_tensor(strokes, tf.float32)
+    u = tf.random.stateless_uniform([2], seed=seed)
+    sign = tf.where(u[0] < flip_prob, -1.0, 1.0)
+    angle = (2.0 * u[1] - 1.0) * (rotate_degrees * 3.141592653589793 / 180.0)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    dx, dy = strokes[:, 0] * sign, strokes[:, 1]
+    return tf.concat([tf.stack([cos * dx - sin * dy, sin * dx + cos * dy], axis=1), strokes[:, 2:]],
+                     axis=1)
 
 
 def drop_mask(pen_down: tf.Tensor, uniform: tf.Tensor, prob: float) -> tf.Tensor:
@@ -89,9 +109,15 @@ def augment_strokes(strokes: tf.Tensor, length: tf.Tensor, prob: float,
 
 
 def augment(strokes: tf.Tensor, length: tf.Tensor, scale_factor: float, stroke_prob: float,
-            seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Reference order: random scale, then stroke augmentation. `[N, 5]`, int32 -> same."""
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
+            seed: tf.Tensor, flip_prob: float = 0.0, rotate_degrees: float = 0.0
+            ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Reference order: random scale, then stroke augmentation (flip/rotate first when on).
+    `[N, 5]`, int32 -> same."""
+    seed = tf.cast(seed, tf.int64)
+    if flip_prob > 0 or rotate_degrees > 0:  # Its own stream: the two below stay as they were.
+        strokes = flip_and_rotate(strokes, flip_prob, rotate_degrees,
+                                  tf.random.experimental.stateless_fold_in(seed, 3))
+    seeds = tf.random.experimental.stateless_split(seed, num=2)
     if scale_factor > 0:
         strokes = random_scale(strokes, scale_factor, seeds[0])
     if stroke_prob > 0:

@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=100,
                    help="print and record (metrics.jsonl, TensorBoard) the training losses every N steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data order")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start a new --model-dir from another run's checkpoint (e.g. "
+                        "OTHER/checkpoints/ckpt-4500): its weights, optimizer state and step, so the "
+                        "schedules continue, with this command's hyperparameters from there on (the "
+                        "model's sizes must match). Ignored when --model-dir already has checkpoints")
     p.add_argument("--export-dir", default=None, help="default: MODEL_DIR/export")
     p.add_argument("--no-export", action="store_true", help="skip the SavedModel export at the end")
     p.add_argument("--export-every", type=int, default=0, metavar="STEPS",
@@ -85,7 +90,7 @@ def main(argv: list[str]) -> int:
                            eval_every=args.eval_every, log_every=args.log_every, seed=args.seed,
                            export_dir=args.export_dir, export=not args.no_export,
                            follow_interval_s=args.follow_interval if args.follow else None,
-                           export_every=args.export_every)
+                           export_every=args.export_every, init_from=args.init_from)
     except (FileNotFoundError, ValueError, NonFiniteLossError) as e:
         print(f"sketch-rnn train: {e}", file=sys.stderr)
         return 1

@@ -54,7 +54,8 @@ def parse_and_augment(serialized: tf.Tensor, seed: tf.Tensor | None, max_seq_len
         length = tf.identity(length)
     if training and seed is not None:
         strokes, length = augment_lib.augment(strokes, length, hps.random_scale_factor,
-                                              hps.augment_stroke_prob, seed)
+                                              hps.augment_stroke_prob, seed,
+                                              hps.augment_flip_prob, hps.augment_rotate_degrees)
     strokes = tf.ensure_shape(strokes, [n_max, 5])
     return {"strokes": strokes, "lengths": length}
 

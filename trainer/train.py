@@ -210,6 +210,44 @@ def _write_json_files(model_dir: str, hps: HParams, metadata: dict[str, Any]) ->
         f.write(json.dumps(metadata, indent=2, sort_keys=True))
 
 
+# Hyperparameters that decide the variables' shapes: an --init-from checkpoint must agree on them.
+ARCHITECTURE_FIELDS = ("conditional", "enc_model", "dec_model", "enc_rnn_size", "dec_rnn_size",
+                       "z_size", "num_mixture")
+
+
+def check_init_from(prefix: str, hps: HParams) -> None:
+    """Checks an --init-from checkpoint before anything is written: the prefix exists, and the
+    other run's hparams.json (two levels up, when there) agrees on the `ARCHITECTURE_FIELDS`, so
+    that a mismatch says which hyperparameter differs. Raises FileNotFoundError / ValueError."""
+    if not tf.io.gfile.exists(prefix + ".index"):
+        raise FileNotFoundError(f"--init-from {prefix}: no checkpoint there ({prefix}.index is "
+                                "missing); give a prefix such as OTHER_RUN/checkpoints/ckpt-4500")
+    hp_path = os.path.join(os.path.dirname(os.path.dirname(prefix)), "hparams.json")
+    if tf.io.gfile.exists(hp_path):
+        with tf.io.gfile.GFile(hp_path) as f:
+            other = HParams.from_json(f.read())
+        diff = {k: (getattr(other, k), getattr(hps, k)) for k in ARCHITECTURE_FIELDS
+                if getattr(other, k) != getattr(hps, k)}
+        if diff:
+            raise ValueError(f"--init-from {prefix}: that run's model has another shape {diff} "
+                             "(there, here): use the same --preset and size --set values")
+
+
+def init_from_checkpoint(ckpt: tf.train.Checkpoint, prefix: str) -> None:
+    """Restores everything of a training checkpoint `ckpt` from another run's checkpoint `prefix`.
+
+    The run then goes on from that step as a resume would (same step, optimizer moments, data-order
+    state, best validation cost), under this run's hparams, which may differ from the other run's
+    in anything but the `ARCHITECTURE_FIELDS` (`check_init_from`): e.g. more augmentation or
+    dropout for the rest of the run. Raises ValueError when it does not restore.
+    """
+    try:
+        ckpt.restore(prefix).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise ValueError(f"--init-from {prefix} does not restore into this model: "
+                         f"{' '.join(str(e).split())[:300]}") from e
+
+
 def render_grid(sketches3: list[np.ndarray], cell: int = 96, columns: int = 3) -> np.ndarray:
     """Stroke-3 sketches -> uint8 grayscale grid `[H, W, 1]` drawn like the SVGs (Pillow lines, each
     sketch fitted to its cell with its aspect ratio kept): TensorBoard images and `sample --png`."""
@@ -279,7 +317,7 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
                        eval_every: int = 1000, log_every: int = 100, num_samples: int = 9,
                        seed: int = 0, export_dir: str | None = None, export: bool = True,
                        test_at_end: bool = True, follow_interval_s: float | None = None,
-                       export_every: int = 0,
+                       export_every: int = 0, init_from: str | None = None,
                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Trains until the global step reaches `steps` (resuming from `model_dir` if it holds a run).
 
@@ -289,6 +327,8 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
     count them in `train_shards`); validation and test read the split's shards listed at that
     moment. It waits for the first train shard. `export_every`: also export a new version every
     N steps (0: only at the end), for a server that polls the export base directory.
+    `init_from`: another run's checkpoint prefix to start from when `model_dir` holds no checkpoint
+    yet (`init_from_checkpoint`); ignored, with a line in the log, once it does.
 
     Returns {"step", "train": last train metrics, "valid": best/last valid metrics, "test",
     "export_path", "checkpoint"} (floats).
@@ -308,6 +348,8 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
     if isinstance(strategy, str):
         strategy = select_strategy(strategy)
     chief = is_chief(strategy)
+    if init_from and not checkpoints_lib.candidates(os.path.join(model_dir, "checkpoints")):
+        check_init_from(init_from, hps)  # Before hparams.json is written: a mistake leaves nothing.
     if chief:
         _write_json_files(model_dir, hps, metadata)
     policy, why = resolve_precision(hps.precision, fused_lstm=rnn_ops is not None)
@@ -346,6 +388,12 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
     latest = checkpoints_lib.restore_newest(ckpt, os.path.join(model_dir, "checkpoints"), log=log)
     if latest:
         log(f"resumed from {latest} at step {int(step.numpy())}")
+        if init_from:
+            log(f"--init-from {init_from} ignored: {model_dir} already holds this run's checkpoints")
+    elif init_from:
+        init_from_checkpoint(ckpt, init_from)
+        log(f"initialised from {init_from} at step {int(step.numpy())} (weights, optimizer state, "
+            "step and data-order state; schedules continue from that step)")
     log(f"strategy {describe_strategy(strategy)}")
     if hps.precision == "auto":
         log(f"precision {policy} ({why})")
