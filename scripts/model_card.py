@@ -9,6 +9,10 @@ export's assets.extra/hparams.json, N_max and the scale factor from its metadata
 wall time and validation losses from MODEL_DIR/metrics.jsonl, the classifier's rate from the JSON
 report of `scripts/sketch_classifier.py score`, the machine from /proc/cpuinfo. The reproduction
 commands are rebuilt from the hparams that differ from the preset.
+
+A run started with `sketch-rnn train --init-from FIRST/checkpoints/ckpt-N`: give --init-from-dir
+FIRST and --init-step N. The card then shows both stages: the first run's records up to step N
+and its hparams, the changes made at step N, the wall time of both, and the two train commands.
 """
 
 from __future__ import annotations
@@ -70,8 +74,13 @@ def main() -> int:
     p.add_argument("--steps-note", default="", help="a sentence on how the run was stopped, if it was")
     p.add_argument("--checkpoint-every", type=int, default=500,
                    help="the run's --checkpoint-every, for the reproduce line (default: 500)")
+    p.add_argument("--init-from-dir", help="the first run's --model-dir, when --model-dir was "
+                   "started with --init-from one of its checkpoints")
+    p.add_argument("--init-step", type=int, help="with --init-from-dir: the step of that checkpoint")
     p.add_argument("--out", required=True)
     args = p.parse_args()
+    if (args.init_from_dir is None) != (args.init_step is None):
+        p.error("--init-from-dir and --init-step go together")
 
     from deploy.sample import resolve_export_dir
 
@@ -81,13 +90,23 @@ def main() -> int:
     with open(os.path.join(version_dir, "assets.extra", "metadata.json"), encoding="utf-8") as f:
         meta = json.load(f)
     metrics = read_jsonl(os.path.join(args.model_dir, "metrics.jsonl"))
+    first_hps, first_wall = None, 0.0
+    if args.init_from_dir:  # Stage 1's records up to the step stage 2 started from.
+        with open(os.path.join(args.init_from_dir, "hparams.json"), encoding="utf-8") as f:
+            first_hps = HParams.from_json(f.read())
+        first = [m for m in read_jsonl(os.path.join(args.init_from_dir, "metrics.jsonl"))
+                 if m["step"] <= args.init_step]
+        first_wall = max(m["wall_s"] for m in first if m["split"] == "train")
+        metrics = first + [m for m in metrics if m["step"] > args.init_step]
     train = [m for m in metrics if m["split"] == "train"]
     valid = [m for m in metrics if m["split"] == "valid"]
     last_train = train[-1]
+    wall_h = (first_wall + last_train["wall_s"]) / 3600
     shipped_step = version
     at_export = [m for m in valid if m["step"] <= shipped_step] or valid
     best = min(at_export, key=lambda m: m["cost"])
-    preset, diff = closest_preset(hps)
+    preset, diff = closest_preset(first_hps or hps)
+    changed = {k: v for k, v in hps.to_dict().items() if first_hps and first_hps.to_dict()[k] != v}
     # The run's --eval-every / --log-every, read back from the spacing of its records.
     eval_every = most_common_gap(valid, default=1000)
     log_every = most_common_gap(train, default=100)
@@ -105,14 +124,18 @@ def main() -> int:
               f"{meta['counts']['valid']} valid, {meta['counts']['test']} test sketches; N_max "
               f"{meta['n_max']} (the longest sketch), scale factor {meta['scale_factor']:.3f}.", ""]
     lines += ["## Training", "",
-              f"- preset `{preset}` with {', '.join(f'`{k}={v}`' for k, v in sorted(diff.items())) or 'no changes'}",
+              f"- preset `{preset}` with {', '.join(f'`{k}={v}`' for k, v in sorted(diff.items())) or 'no changes'}"
+              + (f" to step {args.init_step}; from there (`sketch-rnn train --init-from` its checkpoint: "
+                 f"weights, optimizer state and step, so the schedules go on) with "
+                 f"{', '.join(f'`{k}={v}`' for k, v in sorted(changed.items())) or 'no changes'}"
+                 if first_hps else ""),
               f"- network: encoder {hps.enc_rnn_size} x 2, decoder {hps.dec_rnn_size}, z {hps.z_size}, "
               f"M = {hps.num_mixture}, batch {hps.batch_size}, recurrent dropout {hps.recurrent_dropout_rate}",
               f"- schedule: KL weight {hps.kl_weight_start} -> {hps.kl_weight} (rate {hps.kl_decay_rate} per "
               f"step), KL floor {hps.kl_tolerance}, learning rate {hps.learning_rate} (decay {hps.decay_rate}, "
               f"min {hps.min_learning_rate}), gradient clip {hps.grad_clip}",
               f"- shipped checkpoint: step {shipped_step} (best validation cost so far, at step {best['step']}); "
-              f"trained to step {last_train['step']} in {last_train['wall_s'] / 3600:.2f} h of wall clock "
+              f"trained to step {last_train['step']} in {wall_h:.2f} h of wall clock "
               f"on {cpu_name()}" + (f". {args.steps_note}" if args.steps_note else ""),
               f"- export size: {size / 1e6:.1f} MB", ""]
     lines += ["Validation (whole valid split, padded to N_max as the reference; L_R = L_s + L_p, KL floored as "
@@ -147,14 +170,24 @@ def main() -> int:
                   f"Reproduce: `python scripts/sketch_classifier.py train` (once), then `python "
                   f"scripts/sketch_classifier.py score --export deploy/pretrained/{args.name} --category "
                   f"{args.name} --num {score['num']} --temperature {src['temperature']} --seed {src['seed']}`.", ""]
-    lines += ["## Reproduce", "", "```bash",
-              f"sketch-rnn preprocess --input {args.source} --output runs/qd/{args.name}",
-              f"sketch-rnn train --data runs/qd/{args.name} --model-dir runs/m_{args.name} --preset {preset} "
-              f"{sets} --steps {last_train['step']} --checkpoint-every {args.checkpoint_every} "
-              f"--eval-every {eval_every} --log-every {log_every}",
-              f"sketch-rnn export --model-dir runs/m_{args.name} --export-dir deploy/pretrained/{args.name} "
-              f"--checkpoint best --version {shipped_step}",
-              "```", ""]
+    intervals = f"--checkpoint-every {args.checkpoint_every} --eval-every {eval_every} --log-every {log_every}"
+    run_dir = f"runs/m_{args.name}"
+    commands = [f"sketch-rnn preprocess --input {args.source} --output runs/qd/{args.name}"]
+    if first_hps:
+        second_sets = " ".join(f"--set {k}={v}" for k, v in sorted(
+            {k: v for k, v in hps.to_dict().items() if PRESETS[preset].to_dict()[k] != v}.items()))
+        commands.append(f"sketch-rnn train --data runs/qd/{args.name} --model-dir {run_dir} --preset {preset} "
+                        f"{sets} --steps {args.init_step} {intervals}")
+        run_dir = f"runs/m_{args.name}_2"
+        commands.append(f"sketch-rnn train --data runs/qd/{args.name} --model-dir {run_dir} --preset {preset} "
+                        f"{second_sets} --init-from runs/m_{args.name}/checkpoints/ckpt-{args.init_step} "
+                        f"--steps {last_train['step']} {intervals}")
+    else:
+        commands.append(f"sketch-rnn train --data runs/qd/{args.name} --model-dir {run_dir} --preset {preset} "
+                        f"{sets} --steps {last_train['step']} {intervals}")
+    commands.append(f"sketch-rnn export --model-dir {run_dir} --export-dir deploy/pretrained/{args.name} "
+                    f"--checkpoint best --version {shipped_step}")
+    lines += ["## Reproduce", "", "```bash", *commands, "```", ""]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))

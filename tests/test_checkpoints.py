@@ -135,7 +135,8 @@ def test_init_from_continues_another_run_with_new_hparams(tmp_path, sample_dir):
     hps = HParams.preset("tiny").replace(batch_size=4)
     kw = dict(checkpoint_every=2, eval_every=0, log_every=1, export=False, test_at_end=False)
     first = tmp_path / "first"
-    train_and_evaluate(str(tmp_path / "d"), str(first), hps, 4, "one_device", log=lambda s: None, **kw)
+    train_and_evaluate(str(tmp_path / "d"), str(first), hps, 4, "one_device", log=lambda s: None,
+                       **{**kw, "eval_every": 2})
     source = str(first / "checkpoints" / "ckpt-4")
     before = {p.name: _digest(p) for p in (first / "checkpoints").iterdir()}
     restored, _, _ = load_trained_model(str(first), source)
@@ -155,6 +156,10 @@ def test_init_from_continues_another_run_with_new_hparams(tmp_path, sample_dir):
     for a, b in zip(restored.weights, after.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.name)
     assert {p.name: _digest(p) for p in (first / "checkpoints").iterdir()} == before
+    # The new run's `best` is the best of its own checkpoints: the first run's best cost is not carried.
+    best_key = "best_cost/.ATTRIBUTES/VARIABLE_VALUE"
+    assert np.isfinite(tf.train.load_checkpoint(source).get_tensor(best_key))
+    assert np.isinf(tf.train.load_checkpoint(str(second / "checkpoints" / "ckpt-5")).get_tensor(best_key))
 
     # A rerun resumes its own checkpoint and says the flag is ignored.
     logs = []

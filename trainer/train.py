@@ -237,7 +237,7 @@ def init_from_checkpoint(ckpt: tf.train.Checkpoint, prefix: str) -> None:
     """Restores everything of a training checkpoint `ckpt` from another run's checkpoint `prefix`.
 
     The run then goes on from that step as a resume would (same step, optimizer moments, data-order
-    state, best validation cost), under this run's hparams, which may differ from the other run's
+    state; its `best` directory starts empty: the caller resets the best cost), under this run's hparams, which may differ from the other run's
     in anything but the `ARCHITECTURE_FIELDS` (`check_init_from`): e.g. more augmentation or
     dropout for the rest of the run. Raises ValueError when it does not restore.
     """
@@ -392,6 +392,7 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
             log(f"--init-from {init_from} ignored: {model_dir} already holds this run's checkpoints")
     elif init_from:
         init_from_checkpoint(ckpt, init_from)
+        best_cost.assign(np.inf)  # MODEL_DIR/best: the best of this run's own checkpoints.
         log(f"initialised from {init_from} at step {int(step.numpy())} (weights, optimizer state, "
             "step and data-order state; schedules continue from that step)")
     log(f"strategy {describe_strategy(strategy)}")
