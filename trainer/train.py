@@ -69,7 +69,10 @@ def select_strategy(name: str) -> tf.distribute.Strategy:
 def describe_strategy(strategy: tf.distribute.Strategy) -> str:
     """One log line: the strategy's class and its replica devices."""
     if not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy():
-        return "default (one CPU device: nothing to distribute)"
+        # Ops go where TensorFlow places them: the first GPU if there is one (only a caller that
+        # passes the default strategy itself gets here with a GPU; select_strategy does not).
+        gpus = tf.config.list_logical_devices("GPU")
+        return f"default ({gpus[0].name if gpus else 'one CPU device'}: nothing to distribute)"
     devices = ", ".join(strategy.extended.worker_devices)
     return f"{type(strategy).__name__} over {strategy.num_replicas_in_sync} replica(s): {devices}"
 
