@@ -159,7 +159,8 @@ def main() -> int:
                 held = json.load(f).get("held_out_test", {}).get(args.name, {})
             if "accuracy" in held:
                 real = f" (it recognises {held['accuracy']:.0%} of the {held['n']} real held-out {args.name} drawings)"
-        lines += ["## Does it draw a " + args.name.replace("_", " ") + "?", "",
+        thing = args.name.replace("_", " ")
+        lines += [f"## Does it draw {'an' if thing[0] in 'aeiou' else 'a'} {thing}?", "",
                   f"{score['num']} samples from z ~ N(0, I) at temperature {src['temperature']} (seed {src['seed']}), "
                   f"drawn through the SavedModel's `sample` signature alone, classified by the project's own "
                   f"small CNN over rasterised sketches (`scripts/sketch_classifier.py`, classes pig, face, "
