@@ -240,9 +240,10 @@ def init_from_checkpoint(ckpt: tf.train.Checkpoint, prefix: str) -> None:
     """Restores everything of a training checkpoint `ckpt` from another run's checkpoint `prefix`.
 
     The run then goes on from that step as a resume would (same step, optimizer moments, data-order
-    state; its `best` directory starts empty: the caller resets the best cost), under this run's hparams, which may differ from the other run's
-    in anything but the `ARCHITECTURE_FIELDS` (`check_init_from`): e.g. more augmentation or
-    dropout for the rest of the run. Raises ValueError when it does not restore.
+    state) under this run's hparams, which may differ from the other run's in anything but the
+    `ARCHITECTURE_FIELDS` (`check_init_from`): e.g. more augmentation or dropout for the rest of
+    the run. The caller resets the best validation cost, so that MODEL_DIR/best holds the best of
+    the new run's own checkpoints. Raises ValueError when it does not restore.
     """
     try:
         ckpt.restore(prefix).assert_existing_objects_matched()
