@@ -143,6 +143,8 @@ def main() -> int:
     stride = max(1, len(valid) // 10)
     # Every stride-th record, plus the shipped checkpoint's and the last one.
     shown_steps = {m["step"] for m in valid[::stride]} | {best["step"], valid[-1]["step"]}
+    if args.init_step is not None:  # Where stage 2 began.
+        shown_steps.add(max((m["step"] for m in valid if m["step"] <= args.init_step), default=-1))
     shown = [m for m in valid if m["step"] in shown_steps]
     for m in shown:
         lines.append(f"| {m['step']} | {m['recon']:.3f} | {m['l_s']:.3f} | {m['l_p']:.3f} | "
