@@ -157,6 +157,11 @@ class HParams:
             parsed[name] = _parse_value(name, raw.strip(), hints[name])
         return self.replace(**parsed)
 
+    def diff(self, other: "HParams", names: Iterable[str] | None = None) -> dict[str, tuple[Any, Any]]:
+        """{name: (value here, value in `other`)} for each field (of `names`, default all) that differs."""
+        return {k: (getattr(self, k), getattr(other, k)) for k in (names or self.field_names())
+                if getattr(self, k) != getattr(other, k)}
+
     @classmethod
     def preset(cls, name: str) -> "HParams":
         if name not in PRESETS:

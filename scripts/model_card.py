@@ -53,11 +53,21 @@ def cpu_name() -> str:
         return "unknown CPU"
 
 
+def changes(hps: HParams, base: HParams) -> dict:
+    """The fields where `hps` differs from `base`: name -> the value in `hps`."""
+    return {k: new for k, (_, new) in base.diff(hps).items()}
+
+
+def listed(values: dict) -> str:
+    """`name=value` pairs for the card's text."""
+    return ", ".join(f"`{k}={v}`" for k, v in sorted(values.items())) or "no changes"
+
+
 def closest_preset(hps: HParams) -> tuple[str, dict]:
     """The preset with the fewest differing fields, and those fields (name -> value)."""
     best = None
     for name, preset in PRESETS.items():
-        diff = {k: v for k, v in hps.to_dict().items() if preset.to_dict()[k] != v}
+        diff = changes(hps, preset)
         if best is None or len(diff) < len(best[1]):
             best = (name, diff)
     return best
@@ -106,11 +116,13 @@ def main() -> int:
     at_export = [m for m in valid if m["step"] <= shipped_step] or valid
     best = min(at_export, key=lambda m: m["cost"])
     preset, diff = closest_preset(first_hps or hps)
-    changed = {k: v for k, v in hps.to_dict().items() if first_hps and first_hps.to_dict()[k] != v}
+    changed = changes(hps, first_hps) if first_hps else {}
     # The run's --eval-every / --log-every, read back from the spacing of its records.
     eval_every = most_common_gap(valid, default=1000)
     log_every = most_common_gap(train, default=100)
-    sets = " ".join(f"--set {k}={v}" for k, v in sorted(diff.items()))
+    def set_flags(values: dict) -> str:
+        return " ".join(f"--set {k}={v}" for k, v in sorted(values.items()))
+
     size = sum(os.path.getsize(os.path.join(root, n)) for root, _, names in os.walk(version_dir) for n in names)
 
     lines = [f"# {args.name}: sketch-rnn trained on Quick Draw `{args.name}`", ""]
@@ -124,10 +136,10 @@ def main() -> int:
               f"{meta['counts']['valid']} valid, {meta['counts']['test']} test sketches; N_max "
               f"{meta['n_max']} (the longest sketch), scale factor {meta['scale_factor']:.3f}.", ""]
     lines += ["## Training", "",
-              f"- preset `{preset}` with {', '.join(f'`{k}={v}`' for k, v in sorted(diff.items())) or 'no changes'}"
+              f"- preset `{preset}` with {listed(diff)}"
               + (f" to step {args.init_step}; from there (`sketch-rnn train --init-from` its checkpoint: "
                  f"weights, optimizer state and step, so the schedules go on) with "
-                 f"{', '.join(f'`{k}={v}`' for k, v in sorted(changed.items())) or 'no changes'}"
+                 f"{listed(changed)}"
                  if first_hps else ""),
               f"- network: encoder {hps.enc_rnn_size} x 2, decoder {hps.dec_rnn_size}, z {hps.z_size}, "
               f"M = {hps.num_mixture}, batch {hps.batch_size}, recurrent dropout {hps.recurrent_dropout_rate}",
@@ -174,20 +186,20 @@ def main() -> int:
                   f"scripts/sketch_classifier.py score --export deploy/pretrained/{args.name} --category "
                   f"{args.name} --num {score['num']} --temperature {src['temperature']} --seed {src['seed']}`.", ""]
     intervals = f"--checkpoint-every {args.checkpoint_every} --eval-every {eval_every} --log-every {log_every}"
+
+    def train_command(run_dir: str, values: dict, steps: int, extra: str = "") -> str:
+        return (f"sketch-rnn train --data runs/qd/{args.name} --model-dir {run_dir} --preset {preset} "
+                f"{set_flags(values)} {extra}--steps {steps} {intervals}")
+
     run_dir = f"runs/m_{args.name}"
     commands = [f"sketch-rnn preprocess --input {args.source} --output runs/qd/{args.name}"]
-    if first_hps:
-        second_sets = " ".join(f"--set {k}={v}" for k, v in sorted(
-            {k: v for k, v in hps.to_dict().items() if PRESETS[preset].to_dict()[k] != v}.items()))
-        commands.append(f"sketch-rnn train --data runs/qd/{args.name} --model-dir {run_dir} --preset {preset} "
-                        f"{sets} --steps {args.init_step} {intervals}")
-        run_dir = f"runs/m_{args.name}_2"
-        commands.append(f"sketch-rnn train --data runs/qd/{args.name} --model-dir {run_dir} --preset {preset} "
-                        f"{second_sets} --init-from runs/m_{args.name}/checkpoints/ckpt-{args.init_step} "
-                        f"--steps {last_train['step']} {intervals}")
+    if first_hps:  # Stage 1 to the checkpoint, then stage 2 from it with its own hparams.
+        commands.append(train_command(run_dir, diff, args.init_step))
+        commands.append(train_command(f"{run_dir}_2", changes(hps, PRESETS[preset]), last_train["step"],
+                                      f"--init-from {run_dir}/checkpoints/ckpt-{args.init_step} "))
+        run_dir = f"{run_dir}_2"
     else:
-        commands.append(f"sketch-rnn train --data runs/qd/{args.name} --model-dir {run_dir} --preset {preset} "
-                        f"{sets} --steps {last_train['step']} {intervals}")
+        commands.append(train_command(run_dir, diff, last_train["step"]))
     commands.append(f"sketch-rnn export --model-dir {run_dir} --export-dir deploy/pretrained/{args.name} "
                     f"--checkpoint best --version {shipped_step}")
     lines += ["## Reproduce", "", "```bash", *commands, "```", ""]

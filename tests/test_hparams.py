@@ -43,3 +43,12 @@ def test_invalid_values_are_rejected_with_the_field_name():
         HParams(z_size=0)
     with pytest.raises(AttributeError):
         HParams().z_size = 3  # frozen
+
+
+def test_diff_lists_the_differing_fields_with_both_values():
+    a = HParams.preset("paper")
+    b = a.replace(z_size=64, augment_flip_prob=0.5)
+    assert a.diff(b) == {"z_size": (128, 64), "augment_flip_prob": (0.0, 0.5)}
+    assert b.diff(a) == {"z_size": (64, 128), "augment_flip_prob": (0.5, 0.0)}
+    assert a.diff(b, ["z_size", "dec_rnn_size"]) == {"z_size": (128, 64)}
+    assert a.diff(a) == {}

@@ -27,6 +27,8 @@ numbers is unchanged when they are off), applied before `random_scale`:
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 
@@ -47,7 +49,7 @@ def flip_and_rotate(strokes: tf.Tensor, flip_prob: float, rotate_degrees: float,
     strokes = tf.convert_to_tensor(strokes, tf.float32)
     u = tf.random.stateless_uniform([2], seed=seed)
     sign = tf.where(u[0] < flip_prob, -1.0, 1.0)
-    angle = (2.0 * u[1] - 1.0) * (rotate_degrees * 3.141592653589793 / 180.0)
+    angle = (2.0 * u[1] - 1.0) * math.radians(rotate_degrees)
     cos, sin = tf.cos(angle), tf.sin(angle)
     dx, dy = strokes[:, 0] * sign, strokes[:, 1]
     return tf.concat([tf.stack([cos * dx - sin * dy, sin * dx + cos * dy], axis=1), strokes[:, 2:]],

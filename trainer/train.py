@@ -203,8 +203,7 @@ def _write_json_files(model_dir: str, hps: HParams, metadata: dict[str, Any]) ->
         with tf.io.gfile.GFile(path) as f:
             saved = HParams.from_json(f.read())
         if saved != hps:
-            diff = {k: (getattr(saved, k), getattr(hps, k)) for k in hps.field_names()
-                    if getattr(saved, k) != getattr(hps, k)}
+            diff = saved.diff(hps)
             raise ValueError(f"{model_dir} holds a run with other hyperparameters {diff} "
                              "(saved, requested): use a new --model-dir or the same --preset/--set")
     with tf.io.gfile.GFile(path, "w") as f:
@@ -229,8 +228,7 @@ def check_init_from(prefix: str, hps: HParams) -> None:
     if tf.io.gfile.exists(hp_path):
         with tf.io.gfile.GFile(hp_path) as f:
             other = HParams.from_json(f.read())
-        diff = {k: (getattr(other, k), getattr(hps, k)) for k in ARCHITECTURE_FIELDS
-                if getattr(other, k) != getattr(hps, k)}
+        diff = other.diff(hps, ARCHITECTURE_FIELDS)
         if diff:
             raise ValueError(f"--init-from {prefix}: that run's model has another shape {diff} "
                              "(there, here): use the same --preset and size --set values")
