@@ -2,13 +2,15 @@
 
     .venv/bin/python scripts/model_card.py --name pig --model-dir runs/m_pig --data runs/qd/pig \
         --export deploy/pretrained/pig --source ../shared/data/quickdraw_npz/pig.npz \
-        --score runs/pig_score.json --out deploy/pretrained/pig/MODEL_CARD.md
+        --score runs/pig_score_1.json --score runs/pig_score_2.json --out deploy/pretrained/pig/MODEL_CARD.md
 
 Everything in the card is read back, nothing is typed in by hand: the hyperparameters from the
 export's assets.extra/hparams.json, N_max and the scale factor from its metadata.json, the steps,
 wall time and validation losses from MODEL_DIR/metrics.jsonl, the classifier's rate from the JSON
-report of `scripts/sketch_classifier.py score`, the machine from /proc/cpuinfo. The reproduction
-commands are rebuilt from the hparams that differ from the preset.
+reports of `scripts/sketch_classifier.py score` (one per seed; with several, a per-seed table and the
+pooled rate), the machine from /proc/cpuinfo. The reproduction commands are rebuilt from the hparams
+that differ from the preset. What no record holds (how a run was stopped, what else was tried) goes
+in with --steps-note and --note, each printed as given.
 
 A run started with `sketch-rnn train --init-from FIRST/checkpoints/ckpt-N`: give --init-from-dir
 FIRST and --init-step N. The card then shows both stages: the first run's records up to step N
@@ -73,6 +75,28 @@ def closest_preset(hps: HParams) -> tuple[str, dict]:
     return best
 
 
+def pool_scores(reports: list[dict]) -> dict:
+    """Classifier reports for one export, category and temperature at different seeds -> per-seed
+    rows and the pooled counts. Reports that disagree on any of those, or repeat a seed, would make
+    the pooled rate mean nothing: ValueError naming the field."""
+    if not reports:
+        raise ValueError("no classifier reports to pool")
+    first = reports[0]
+    keys = {"category": lambda r: r["category"], "export": lambda r: r["source"]["export"],
+            "temperature": lambda r: r["source"]["temperature"]}
+    for r in reports[1:]:
+        for name, get in keys.items():
+            if get(r) != get(first):
+                raise ValueError(f"the classifier reports differ in {name} ({get(first)!r} vs {get(r)!r}); "
+                                 f"pool only reports of one export at one temperature")
+    seeds = [r["source"]["seed"] for r in reports]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"a seed is repeated among the classifier reports ({seeds}): each seed once")
+    rows = [{"seed": r["source"]["seed"], "num": r["num"], "hits": r["histogram"].get(r["category"], 0),
+             "never_ending": r["never_ending"], "near_empty": r["near_empty"]} for r in reports]
+    return {"rows": rows, **{k: sum(row[k] for row in rows) for k in ("num", "hits", "never_ending", "near_empty")}}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True)
@@ -80,8 +104,12 @@ def main() -> int:
     p.add_argument("--data", required=True, help="the `sketch-rnn preprocess` output it trained on")
     p.add_argument("--export", required=True, help="the shipped export (base or version dir)")
     p.add_argument("--source", required=True, help="the .npz the data was preprocessed from")
-    p.add_argument("--score", help="JSON report of `scripts/sketch_classifier.py score`")
+    p.add_argument("--score", action="append", default=[],
+                   help="JSON report of `scripts/sketch_classifier.py score` (repeatable, one per seed: "
+                   "the first is described in full, all are pooled)")
     p.add_argument("--steps-note", default="", help="a sentence on how the run was stopped, if it was")
+    p.add_argument("--note", action="append", default=[],
+                   help="a paragraph for the card's classifier section (repeatable), e.g. what else was tried")
     p.add_argument("--checkpoint-every", type=int, default=500,
                    help="the run's --checkpoint-every, for the reproduce line (default: 500)")
     p.add_argument("--init-from-dir", help="the first run's --model-dir, when --model-dir was "
@@ -91,6 +119,8 @@ def main() -> int:
     args = p.parse_args()
     if (args.init_from_dir is None) != (args.init_step is None):
         p.error("--init-from-dir and --init-step go together")
+    if args.note and not args.score:
+        p.error("--note paragraphs go in the classifier section: give --score as well")
 
     from deploy.sample import resolve_export_dir
 
@@ -163,8 +193,15 @@ def main() -> int:
                      f"{m['kl_floored']:.3f} | {m['kl']:.3f} |")
     lines.append("")
     if args.score:
-        with open(args.score, encoding="utf-8") as f:
-            score = json.load(f)
+        reports = []
+        for path in args.score:
+            with open(path, encoding="utf-8") as f:
+                reports.append(json.load(f))
+        try:
+            pooled = pool_scores(reports)
+        except ValueError as e:
+            p.error(str(e))
+        score = reports[0]
         src = score["source"]
         real = ""
         info_path = os.path.join(score.get("classifier", ""), "classifier.json")
@@ -181,10 +218,21 @@ def main() -> int:
                   f"alarm_clock and other Quick Draw categories){real}: **{score['recognised']:.0%} recognised as "
                   f"{args.name}**. Degenerate samples: {score['near_empty']} near-empty (single dots), "
                   f"{score['never_ending']} that never ended (ran to N_max = {src.get('max_len')}).",
-                  "", f"Class histogram: `{json.dumps(score['histogram'], sort_keys=True)}`", "",
-                  f"Reproduce: `python scripts/sketch_classifier.py train` (once), then `python "
+                  "", f"Class histogram: `{json.dumps(score['histogram'], sort_keys=True)}`", ""]
+        if len(reports) > 1:
+            lines += [f"Over {len(reports)} seeds, {pooled['num']} samples: **{pooled['hits']} / {pooled['num']} "
+                      f"= {pooled['hits'] / pooled['num']:.1%} recognised**, {pooled['never_ending']} never ended, "
+                      f"{pooled['near_empty']} near-empty.", "",
+                      "| seed | recognised | never ended | near-empty |", "|---|---|---|---|"]
+            lines += [f"| {r['seed']} | {r['hits']} / {r['num']} | {r['never_ending']} | {r['near_empty']} |"
+                      for r in pooled["rows"]]
+            lines.append("")
+        for note in args.note:
+            lines += [note, ""]
+        lines += [f"Reproduce: `python scripts/sketch_classifier.py train` (once), then `python "
                   f"scripts/sketch_classifier.py score --export deploy/pretrained/{args.name} --category "
-                  f"{args.name} --num {score['num']} --temperature {src['temperature']} --seed {src['seed']}`.", ""]
+                  f"{args.name} --num {score['num']} --temperature {src['temperature']} --seed {src['seed']}`"
+                  + (" (and each further seed)." if len(reports) > 1 else "."), ""]
     intervals = f"--checkpoint-every {args.checkpoint_every} --eval-every {eval_every} --log-every {log_every}"
 
     def train_command(run_dir: str, values: dict, steps: int, extra: str = "") -> str:
