@@ -143,7 +143,10 @@ def main() -> int:
     last_train = train[-1]
     wall_h = (first_wall + last_train["wall_s"]) / 3600
     shipped_step = version
-    at_export = [m for m in valid if m["step"] <= shipped_step] or valid
+    # The best of the records up to the shipped step; of stage 2's alone when there are two stages
+    # (its costs may not compare with stage 1's: a changed KL floor or weight changes the cost).
+    at_export = [m for m in valid if m["step"] <= shipped_step
+                 and (args.init_step is None or m["step"] > args.init_step)] or valid
     best = min(at_export, key=lambda m: m["cost"])
     preset, diff = closest_preset(first_hps or hps)
     changed = changes(hps, first_hps) if first_hps else {}
@@ -176,7 +179,8 @@ def main() -> int:
               f"- schedule: KL weight {hps.kl_weight_start} -> {hps.kl_weight} (rate {hps.kl_decay_rate} per "
               f"step), KL floor {hps.kl_tolerance}, learning rate {hps.learning_rate} (decay {hps.decay_rate}, "
               f"min {hps.min_learning_rate}), gradient clip {hps.grad_clip}",
-              f"- shipped checkpoint: step {shipped_step} (best validation cost so far, at step {best['step']}); "
+              f"- shipped checkpoint: step {shipped_step} (lowest validation cost{' of stage 2' if first_hps else ''} "
+              f"up to it: step {best['step']}); "
               f"trained to step {last_train['step']} in {wall_h:.2f} h of wall clock "
               f"on {cpu_name()}" + (f". {args.steps_note}" if args.steps_note else ""),
               f"- export size: {size / 1e6:.1f} MB", ""]
@@ -248,8 +252,11 @@ def main() -> int:
         run_dir = f"{run_dir}_2"
     else:
         commands.append(train_command(run_dir, diff, last_train["step"]))
+    # Which checkpoint the shipped step is: the best one, the last one, or named by its path.
+    which = ("best" if shipped_step == best["step"] else "latest" if shipped_step == last_train["step"]
+             else f"{run_dir}/checkpoints/ckpt-{shipped_step}")
     commands.append(f"sketch-rnn export --model-dir {run_dir} --export-dir deploy/pretrained/{args.name} "
-                    f"--checkpoint best --version {shipped_step}")
+                    f"--checkpoint {which} --version {shipped_step}")
     lines += ["## Reproduce", "", "```bash", *commands, "```", ""]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:

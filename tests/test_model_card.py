@@ -85,6 +85,28 @@ def test_card_shows_the_first_report_and_the_pooled_rate(monkeypatch, tmp_path):
     assert "Also tried: nothing else." in card
     assert "preset `tiny` with `kl_weight=1.0`" in card
     assert "--version 7" in card
+    assert "(lowest validation cost up to it: step 5)" in card
+    # Step 7 is neither the best (5) nor the last (10) checkpoint: the export names it.
+    assert "--checkpoint runs/m_pig/checkpoints/ckpt-7 --version 7" in card
+
+
+def test_two_stage_card_picks_stage_two_best_and_shows_both_commands(monkeypatch, tmp_path):
+    """Stage 1's costs (another KL floor) do not compete with stage 2's for 'lowest'."""
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "hparams.json").write_text(HParams.preset("tiny").to_json())
+    (first / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"split": "train", "step": 2, "wall_s": 4.0, "cost": 1.0},
+        {"split": "valid", "step": 2, "cost": 0.01, "recon": 0.01, "l_s": 0.0, "l_p": 0.01, "kl": 0.2,
+         "kl_floored": 0.2}]))
+    rc, out = run_card(monkeypatch, tmp_path, [report(1, 7, 2)],
+                       ["--init-from-dir", str(first), "--init-step", "2"])
+    card = out.read_text()
+    assert rc == 0
+    assert "(lowest validation cost of stage 2 up to it: step 5)" in card
+    assert "--init-from runs/m_pig/checkpoints/ckpt-2" in card
+    assert "with `kl_weight=1.0`" in card   # what stage 2 changed
+    assert "--checkpoint runs/m_pig_2/checkpoints/ckpt-7 --version 7" in card
 
 
 def test_card_refuses_reports_of_another_temperature_and_writes_nothing(monkeypatch, tmp_path, capsys):
