@@ -15,6 +15,7 @@ in with --steps-note and --note, each printed as given.
 A run started with `sketch-rnn train --init-from FIRST/checkpoints/ckpt-N`: give --init-from-dir
 FIRST and --init-step N. The card then shows both stages: the first run's records up to step N
 and its hparams, the changes made at step N, the wall time of both, and the two train commands.
+For a chain of stages, repeat both flags, earliest stage first.
 """
 
 from __future__ import annotations
@@ -112,13 +113,17 @@ def main() -> int:
                    help="a paragraph for the card's classifier section (repeatable), e.g. what else was tried")
     p.add_argument("--checkpoint-every", type=int, default=500,
                    help="the run's --checkpoint-every, for the reproduce line (default: 500)")
-    p.add_argument("--init-from-dir", help="the first run's --model-dir, when --model-dir was "
-                   "started with --init-from one of its checkpoints")
-    p.add_argument("--init-step", type=int, help="with --init-from-dir: the step of that checkpoint")
+    p.add_argument("--init-from-dir", action="append", default=[],
+                   help="an earlier stage's --model-dir, when the next was started with --init-from one "
+                   "of its checkpoints (repeatable, earliest first)")
+    p.add_argument("--init-step", type=int, action="append", default=[],
+                   help="with each --init-from-dir: the step of that checkpoint")
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    if (args.init_from_dir is None) != (args.init_step is None):
-        p.error("--init-from-dir and --init-step go together")
+    if len(args.init_from_dir) != len(args.init_step):
+        p.error("--init-from-dir and --init-step go together, one --init-step per --init-from-dir")
+    if args.init_step != sorted(set(args.init_step)):
+        p.error(f"--init-step must increase from stage to stage (got {args.init_step})")
     if args.note and not args.score:
         p.error("--note paragraphs go in the classifier section: give --score as well")
 
@@ -130,26 +135,34 @@ def main() -> int:
     with open(os.path.join(version_dir, "assets.extra", "metadata.json"), encoding="utf-8") as f:
         meta = json.load(f)
     metrics = read_jsonl(os.path.join(args.model_dir, "metrics.jsonl"))
-    first_hps, first_wall = None, 0.0
-    if args.init_from_dir:  # Stage 1's records up to the step stage 2 started from.
-        with open(os.path.join(args.init_from_dir, "hparams.json"), encoding="utf-8") as f:
-            first_hps = HParams.from_json(f.read())
-        first = [m for m in read_jsonl(os.path.join(args.init_from_dir, "metrics.jsonl"))
-                 if m["step"] <= args.init_step]
-        first_wall = max(m["wall_s"] for m in first if m["split"] == "train")
-        metrics = first + [m for m in metrics if m["step"] > args.init_step]
+    # Earlier stages: each one's hparams and its records from the previous stage's end to its own.
+    stage_hps, earlier, first_wall, start = [], [], 0.0, -1
+    for stage_dir, end in zip(args.init_from_dir, args.init_step):
+        with open(os.path.join(stage_dir, "hparams.json"), encoding="utf-8") as f:
+            stage_hps.append(HParams.from_json(f.read()))
+        records = [m for m in read_jsonl(os.path.join(stage_dir, "metrics.jsonl")) if start < m["step"] <= end]
+        first_wall += max((m["wall_s"] for m in records if m["split"] == "train"), default=0.0)
+        earlier += records
+        start = end
+    first_hps = stage_hps[0] if stage_hps else None
+    last_init = args.init_step[-1] if args.init_step else None
+    if stage_hps:
+        metrics = earlier + [m for m in metrics if m["step"] > last_init]
     train = [m for m in metrics if m["split"] == "train"]
     valid = [m for m in metrics if m["split"] == "valid"]
     last_train = train[-1]
     wall_h = (first_wall + last_train["wall_s"]) / 3600
     shipped_step = version
-    # The best of the records up to the shipped step; of stage 2's alone when there are two stages
-    # (its costs may not compare with stage 1's: a changed KL floor or weight changes the cost).
+    # The best of the records up to the shipped step; of the last stage's alone when there are several
+    # (its costs may not compare with earlier ones: a changed KL floor or weight changes the cost).
     at_export = [m for m in valid if m["step"] <= shipped_step
-                 and (args.init_step is None or m["step"] > args.init_step)] or valid
+                 and (last_init is None or m["step"] > last_init)] or valid
     best = min(at_export, key=lambda m: m["cost"])
     preset, diff = closest_preset(first_hps or hps)
-    changed = changes(hps, first_hps) if first_hps else {}
+    # What each stage changed from the one before: (step it started at, name -> new value).
+    all_hps = stage_hps + [hps]
+    stage_changes = [(step, changes(new, old)) for step, old, new in zip(args.init_step, all_hps, all_hps[1:])]
+    last_stage = f" of stage {len(all_hps)}" if stage_hps else ""
     # The run's --eval-every / --log-every, read back from the spacing of its records.
     eval_every = most_common_gap(valid, default=1000)
     log_every = most_common_gap(train, default=100)
@@ -170,16 +183,15 @@ def main() -> int:
               f"{meta['n_max']} (the longest sketch), scale factor {meta['scale_factor']:.3f}.", ""]
     lines += ["## Training", "",
               f"- preset `{preset}` with {listed(diff)}"
-              + (f" to step {args.init_step}; from there (`sketch-rnn train --init-from` its checkpoint: "
-                 f"weights, optimizer state and step, so the schedules go on) with "
-                 f"{listed(changed)}"
-                 if first_hps else ""),
+              + "".join(f" to step {step}; from there (`sketch-rnn train --init-from` its checkpoint"
+                        + (": weights, optimizer state and step, so the schedules go on" if i == 0 else "")
+                        + f") with {listed(changed)}" for i, (step, changed) in enumerate(stage_changes)),
               f"- network: encoder {hps.enc_rnn_size} x 2, decoder {hps.dec_rnn_size}, z {hps.z_size}, "
               f"M = {hps.num_mixture}, batch {hps.batch_size}, recurrent dropout {hps.recurrent_dropout_rate}",
               f"- schedule: KL weight {hps.kl_weight_start} -> {hps.kl_weight} (rate {hps.kl_decay_rate} per "
               f"step), KL floor {hps.kl_tolerance}, learning rate {hps.learning_rate} (decay {hps.decay_rate}, "
               f"min {hps.min_learning_rate}), gradient clip {hps.grad_clip}",
-              f"- shipped checkpoint: step {shipped_step} (lowest validation cost{' of stage 2' if first_hps else ''} "
+              f"- shipped checkpoint: step {shipped_step} (lowest validation cost{last_stage} "
               f"up to it: step {best['step']}); "
               f"trained to step {last_train['step']} in {wall_h:.2f} h of wall clock "
               f"on {cpu_name()}" + (f". {args.steps_note}" if args.steps_note else ""),
@@ -189,8 +201,8 @@ def main() -> int:
     stride = max(1, len(valid) // 10)
     # Every stride-th record, plus the shipped checkpoint's and the last one.
     shown_steps = {m["step"] for m in valid[::stride]} | {best["step"], valid[-1]["step"]}
-    if args.init_step is not None:  # Where stage 2 began.
-        shown_steps.add(max((m["step"] for m in valid if m["step"] <= args.init_step), default=-1))
+    for step in args.init_step:  # Where each later stage began.
+        shown_steps.add(max((m["step"] for m in valid if m["step"] <= step), default=-1))
     shown = [m for m in valid if m["step"] in shown_steps]
     for m in shown:
         lines.append(f"| {m['step']} | {m['recon']:.3f} | {m['l_s']:.3f} | {m['l_p']:.3f} | "
@@ -245,13 +257,13 @@ def main() -> int:
 
     run_dir = f"runs/m_{args.name}"
     commands = [f"sketch-rnn preprocess --input {args.source} --output runs/qd/{args.name}"]
-    if first_hps:  # Stage 1 to the checkpoint, then stage 2 from it with its own hparams.
-        commands.append(train_command(run_dir, diff, args.init_step))
-        commands.append(train_command(f"{run_dir}_2", changes(hps, PRESETS[preset]), last_train["step"],
-                                      f"--init-from {run_dir}/checkpoints/ckpt-{args.init_step} "))
-        run_dir = f"{run_dir}_2"
-    else:
-        commands.append(train_command(run_dir, diff, last_train["step"]))
+    # Stage 1 to its checkpoint, then each later stage from the one before with its own hparams.
+    ends = args.init_step + [last_train["step"]]
+    commands.append(train_command(run_dir, diff, ends[0]))
+    for i, stage in enumerate(all_hps[1:], start=2):
+        previous, run_dir = run_dir, f"runs/m_{args.name}_{i}"
+        commands.append(train_command(run_dir, changes(stage, PRESETS[preset]), ends[i - 1],
+                                      f"--init-from {previous}/checkpoints/ckpt-{ends[i - 2]} "))
     # Which checkpoint the shipped step is: the best one, the last one, or named by its path.
     which = ("best" if shipped_step == best["step"] else "latest" if shipped_step == last_train["step"]
              else f"{run_dir}/checkpoints/ckpt-{shipped_step}")

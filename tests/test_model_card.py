@@ -121,3 +121,35 @@ def test_note_without_score_is_refused(monkeypatch, tmp_path):
     with pytest.raises(SystemExit):
         run_card(monkeypatch, tmp_path, [], ["--note", "orphan"])
     assert not (tmp_path / "card").exists()
+
+
+def test_three_stage_card_chains_the_commands(monkeypatch, tmp_path):
+    stages = []
+    for name, step, hps in (("s1", 2, HParams.preset("tiny")),
+                            ("s2", 4, HParams.preset("tiny").replace(augment_flip_prob=0.5))):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "hparams.json").write_text(hps.to_json())
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+            {"split": "train", "step": step, "wall_s": 3600.0, "cost": 1.0},
+            {"split": "valid", "step": step, "cost": 0.01, "recon": 0.01, "l_s": 0.0, "l_p": 0.01, "kl": 0.2,
+             "kl_floored": 0.2}]))
+        stages += ["--init-from-dir", str(d), "--init-step", str(step)]
+    rc, out = run_card(monkeypatch, tmp_path, [report(1, 7, 2)], stages)
+    card = out.read_text()
+    assert rc == 0
+    assert "lowest validation cost of stage 3 up to it: step 5" in card
+    assert "to step 2; from there" in card and "with `augment_flip_prob=0.5` to step 4; from there" in card
+    assert "--model-dir runs/m_pig --preset tiny  --steps 2" in card
+    assert "--model-dir runs/m_pig_2 --preset tiny --set augment_flip_prob=0.5 --init-from " \
+           "runs/m_pig/checkpoints/ckpt-2 --steps 4" in card
+    assert "--model-dir runs/m_pig_3 --preset tiny --set kl_weight=1.0 " \
+           "--init-from runs/m_pig_2/checkpoints/ckpt-4 --steps 10" in card
+    assert "--model-dir runs/m_pig_3 --export-dir deploy/pretrained/pig --checkpoint runs/m_pig_3/checkpoints/ckpt-7" in card
+    assert "in 2.01 h of wall clock" in card   # 1 h + 1 h of the earlier stages + 30 s of the last
+
+
+def test_init_steps_must_increase(monkeypatch, tmp_path):
+    with pytest.raises(SystemExit):
+        run_card(monkeypatch, tmp_path, [report(1, 7, 2)],
+                 ["--init-from-dir", "a", "--init-step", "4", "--init-from-dir", "b", "--init-step", "2"])
