@@ -159,8 +159,8 @@ class HParams:
 
     def diff(self, other: "HParams", names: Iterable[str] | None = None) -> dict[str, tuple[Any, Any]]:
         """{name: (value here, value in `other`)} for each field (of `names`, default all) that differs."""
-        return {k: (getattr(self, k), getattr(other, k)) for k in (names or self.field_names())
-                if getattr(self, k) != getattr(other, k)}
+        names = self.field_names() if names is None else names  # An empty `names` compares nothing.
+        return {k: (getattr(self, k), getattr(other, k)) for k in names if getattr(self, k) != getattr(other, k)}
 
     @classmethod
     def preset(cls, name: str) -> "HParams":

@@ -144,7 +144,6 @@ def main() -> int:
         first_wall += max((m["wall_s"] for m in records if m["split"] == "train"), default=0.0)
         earlier += records
         start = end
-    first_hps = stage_hps[0] if stage_hps else None
     last_init = args.init_step[-1] if args.init_step else None
     if stage_hps:
         metrics = earlier + [m for m in metrics if m["step"] > last_init]
@@ -158,9 +157,10 @@ def main() -> int:
     at_export = [m for m in valid if m["step"] <= shipped_step
                  and (last_init is None or m["step"] > last_init)] or valid
     best = min(at_export, key=lambda m: m["cost"])
-    preset, diff = closest_preset(first_hps or hps)
-    # What each stage changed from the one before: (step it started at, name -> new value).
+    # Every stage's hparams, the first one's against the nearest preset, and what each later stage
+    # changed from the one before: (step it started at, name -> new value).
     all_hps = stage_hps + [hps]
+    preset, diff = closest_preset(all_hps[0])
     stage_changes = [(step, changes(new, old)) for step, old, new in zip(args.init_step, all_hps, all_hps[1:])]
     last_stage = f" of stage {len(all_hps)}" if stage_hps else ""
     # The run's --eval-every / --log-every, read back from the spacing of its records.

@@ -52,3 +52,4 @@ def test_diff_lists_the_differing_fields_with_both_values():
     assert b.diff(a) == {"z_size": (64, 128), "augment_flip_prob": (0.5, 0.0)}
     assert a.diff(b, ["z_size", "dec_rnn_size"]) == {"z_size": (128, 64)}
     assert a.diff(a) == {}
+    assert a.diff(b, []) == {}   # no names: nothing compared

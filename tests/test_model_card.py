@@ -60,6 +60,17 @@ def fake_run(tmp_path):
     return version, run
 
 
+def fake_stage(directory, hps, step, wall_s):
+    """An earlier stage's --model-dir: its hparams.json and one train and one valid record at `step`."""
+    directory.mkdir()
+    (directory / "hparams.json").write_text(hps.to_json())
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"split": "train", "step": step, "wall_s": wall_s, "cost": 1.0},
+        {"split": "valid", "step": step, "cost": 0.01, "recon": 0.01, "l_s": 0.0, "l_p": 0.01, "kl": 0.2,
+         "kl_floored": 0.2}]))
+    return directory
+
+
 def run_card(monkeypatch, tmp_path, reports, extra=()):
     version, run = fake_run(tmp_path)
     paths = []
@@ -92,13 +103,7 @@ def test_card_shows_the_first_report_and_the_pooled_rate(monkeypatch, tmp_path):
 
 def test_two_stage_card_picks_stage_two_best_and_shows_both_commands(monkeypatch, tmp_path):
     """Stage 1's costs (another KL floor) do not compete with stage 2's for 'lowest'."""
-    first = tmp_path / "first"
-    first.mkdir()
-    (first / "hparams.json").write_text(HParams.preset("tiny").to_json())
-    (first / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
-        {"split": "train", "step": 2, "wall_s": 4.0, "cost": 1.0},
-        {"split": "valid", "step": 2, "cost": 0.01, "recon": 0.01, "l_s": 0.0, "l_p": 0.01, "kl": 0.2,
-         "kl_floored": 0.2}]))
+    first = fake_stage(tmp_path / "first", HParams.preset("tiny"), 2, 4.0)
     rc, out = run_card(monkeypatch, tmp_path, [report(1, 7, 2)],
                        ["--init-from-dir", str(first), "--init-step", "2"])
     card = out.read_text()
@@ -127,13 +132,7 @@ def test_three_stage_card_chains_the_commands(monkeypatch, tmp_path):
     stages = []
     for name, step, hps in (("s1", 2, HParams.preset("tiny")),
                             ("s2", 4, HParams.preset("tiny").replace(augment_flip_prob=0.5))):
-        d = tmp_path / name
-        d.mkdir()
-        (d / "hparams.json").write_text(hps.to_json())
-        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
-            {"split": "train", "step": step, "wall_s": 3600.0, "cost": 1.0},
-            {"split": "valid", "step": step, "cost": 0.01, "recon": 0.01, "l_s": 0.0, "l_p": 0.01, "kl": 0.2,
-             "kl_floored": 0.2}]))
+        d = fake_stage(tmp_path / name, hps, step, 3600.0)
         stages += ["--init-from-dir", str(d), "--init-step", str(step)]
     rc, out = run_card(monkeypatch, tmp_path, [report(1, 7, 2)], stages)
     card = out.read_text()
@@ -145,7 +144,8 @@ def test_three_stage_card_chains_the_commands(monkeypatch, tmp_path):
            "runs/m_pig/checkpoints/ckpt-2 --steps 4" in card
     assert "--model-dir runs/m_pig_3 --preset tiny --set kl_weight=1.0 " \
            "--init-from runs/m_pig_2/checkpoints/ckpt-4 --steps 10" in card
-    assert "--model-dir runs/m_pig_3 --export-dir deploy/pretrained/pig --checkpoint runs/m_pig_3/checkpoints/ckpt-7" in card
+    assert "--model-dir runs/m_pig_3 --export-dir deploy/pretrained/pig " \
+           "--checkpoint runs/m_pig_3/checkpoints/ckpt-7" in card
     assert "in 2.01 h of wall clock" in card   # 1 h + 1 h of the earlier stages + 30 s of the last
 
 
