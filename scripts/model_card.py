@@ -30,6 +30,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model.hparams import PRESETS, HParams  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sketch_classifier import pool_scores  # noqa: E402  (the classifier's reports, pooled over seeds)
+
 ATTRIBUTION = ("Google Creative Lab, \"The Quick, Draw! Dataset\" "
                "(github.com/googlecreativelab/quickdraw-dataset), CC BY 4.0: the 2,500 drawings of the "
                "official sketch-rnn test split of this category, RDP-simplified (epsilon 2.0) by Quick "
@@ -76,26 +79,12 @@ def closest_preset(hps: HParams) -> tuple[str, dict]:
     return best
 
 
-def pool_scores(reports: list[dict]) -> dict:
-    """Classifier reports for one export, category and temperature at different seeds -> per-seed
-    rows and the pooled counts. Reports that disagree on any of those, or repeat a seed, would make
-    the pooled rate mean nothing: ValueError naming the field."""
-    if not reports:
-        raise ValueError("no classifier reports to pool")
-    first = reports[0]
-    keys = {"category": lambda r: r["category"], "export": lambda r: r["source"]["export"],
-            "temperature": lambda r: r["source"]["temperature"]}
-    for r in reports[1:]:
-        for name, get in keys.items():
-            if get(r) != get(first):
-                raise ValueError(f"the classifier reports differ in {name} ({get(first)!r} vs {get(r)!r}); "
-                                 f"pool only reports of one export at one temperature")
+def seed_spec(reports: list[dict]) -> str:
+    """The `score --seed` value that redraws these reports' seeds: `1-5` for a run of them, else `1,4`."""
     seeds = [r["source"]["seed"] for r in reports]
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"a seed is repeated among the classifier reports ({seeds}): each seed once")
-    rows = [{"seed": r["source"]["seed"], "num": r["num"], "hits": r["histogram"].get(r["category"], 0),
-             "never_ending": r["never_ending"], "near_empty": r["near_empty"]} for r in reports]
-    return {"rows": rows, **{k: sum(row[k] for row in rows) for k in ("num", "hits", "never_ending", "near_empty")}}
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(str(s) for s in seeds)
 
 
 def main() -> int:
@@ -247,8 +236,8 @@ def main() -> int:
             lines += [note, ""]
         lines += [f"Reproduce: `python scripts/sketch_classifier.py train` (once), then `python "
                   f"scripts/sketch_classifier.py score --export deploy/pretrained/{args.name} --category "
-                  f"{args.name} --num {score['num']} --temperature {src['temperature']} --seed {src['seed']}`"
-                  + (" (and each further seed)." if len(reports) > 1 else "."), ""]
+                  f"{args.name} --num {score['num']} --temperature {src['temperature']} --seed {seed_spec(reports)}`"
+                  + (" (the pooled rate; each seed's report under `per_seed`)." if len(reports) > 1 else "."), ""]
     intervals = f"--checkpoint-every {args.checkpoint_every} --eval-every {eval_every} --log-every {log_every}"
 
     def train_command(run_dir: str, values: dict, steps: int, extra: str = "") -> str:

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/sketch_classifier.py train [--out DIR] [--epochs 20] [--threads 1]
     .venv/bin/python scripts/sketch_classifier.py score --export EXPORT_DIR --category pig \\
-        [--num 100 --temperature 0.5 --seed 1]
+        [--num 100 --temperature 0.5 --seed 1]   (--seed 1-5: 500 samples, pooled)
     .venv/bin/python scripts/sketch_classifier.py score --ndjson samples.ndjson --category pig
     .venv/bin/python scripts/sketch_classifier.py score --real --category pig
 
@@ -29,7 +29,9 @@ $XDG_CACHE_HOME/sketch-rnn/classifier (~/.cache/sketch-rnn/classifier), never in
 `score` classifies sketches and prints one JSON report: the rate recognised as `--category`, the
 class histogram, and the degenerate samples: `near_empty` (fewer than 2 points, or a bounding box
 under `--min-extent` pixels in both directions: single dots) and `never_ending` (length == T, the
-sampling cap: the model never emitted end-of-sketch). Sources:
+sampling cap: the model never emitted end-of-sketch). With several seeds (`--seed 1-5` or `1,2,7`,
+`--export` only) it samples and scores each, prints `seed N: hits / num` as it goes, and reports the
+pooled counts (500 samples for 1-5) with each seed's own report under `per_seed`. Sources:
 
 * `--export DIR`: a SavedModel export loaded with TensorFlow alone (`tf.saved_model.load`); DIR is a
   version dir (holding saved_model.pb) or a base dir whose highest numeric version wins. Its
@@ -389,17 +391,42 @@ def score_sketches(model, cfg: RasterConfig, classes, sketches, category: str, l
             **degenerate_counts(sketches, lengths, max_len, min_extent)}
 
 
+def pool_scores(reports: list[dict]) -> dict:
+    """Classifier reports for one export, category and temperature at different seeds -> per-seed
+    rows and the pooled counts. Reports that disagree on any of those, or repeat a seed, would make
+    the pooled rate mean nothing: ValueError naming the field."""
+    if not reports:
+        raise ValueError("no classifier reports to pool")
+    first = reports[0]
+    keys = {"category": lambda r: r["category"], "export": lambda r: r["source"]["export"],
+            "temperature": lambda r: r["source"]["temperature"]}
+    for r in reports[1:]:
+        for name, get in keys.items():
+            if get(r) != get(first):
+                raise ValueError(f"the classifier reports differ in {name} ({get(first)!r} vs {get(r)!r}); "
+                                 f"pool only reports of one export at one temperature")
+    if any("seed" not in r["source"] for r in reports):
+        raise ValueError("a classifier report without one seed (pooled already?): give one report per seed")
+    seeds = [r["source"]["seed"] for r in reports]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"a seed is repeated among the classifier reports ({seeds}): each seed once")
+    rows = [{"seed": r["source"]["seed"], "num": r["num"], "hits": r["histogram"].get(r["category"], 0),
+             "never_ending": r["never_ending"], "near_empty": r["near_empty"]} for r in reports]
+    return {"rows": rows, **{k: sum(row[k] for row in rows) for k in ("num", "hits", "never_ending", "near_empty")}}
+
+
 def score(args) -> dict:
     set_threads(args.threads)
     model, cfg, classes = load_classifier(Path(args.classifier).expanduser())
     if args.category not in classes:
         raise UsageError(f"--category {args.category}: the classifier knows {', '.join(classes)}")
     lengths, max_len = None, args.max_len
+    if args.export and len(args.seed) > 1:
+        return score_seeds(args, model, cfg, classes)
     if args.export:
-        path, sketches, lengths, max_len = sample_export(args.export, args.num, args.temperature,
-                                                         args.seed)
-        source = {"export": path, "temperature": args.temperature,
-                  "seed": args.seed, "max_len": max_len}
+        seed = args.seed[0]
+        path, sketches, lengths, max_len = sample_export(args.export, args.num, args.temperature, seed)
+        source = {"export": path, "temperature": args.temperature, "seed": seed, "max_len": max_len}
     elif args.ndjson:
         sketches = [s for _, s in read_sketches(args.ndjson)]
         source = {"ndjson": args.ndjson, "max_len": max_len}
@@ -414,6 +441,45 @@ def score(args) -> dict:
               "classifier": str(Path(args.classifier).expanduser())}
     print(json.dumps(report, indent=2))
     return report
+
+
+def score_seeds(args, model, cfg, classes) -> dict:
+    """`score --export --seed 1-5`: one report per seed (as `--seed N` prints it, under `per_seed`)
+    and the pooled counts, e.g. 500 samples instead of 100 for a rate with half the noise."""
+    reports = []
+    for seed in args.seed:
+        path, sketches, lengths, max_len = sample_export(args.export, args.num, args.temperature, seed)
+        reports.append({**score_sketches(model, cfg, classes, sketches, args.category, lengths, max_len,
+                                         args.min_extent),
+                        "source": {"export": path, "temperature": args.temperature, "seed": seed,
+                                   "max_len": max_len}})
+        print(f"seed {seed}: {reports[-1]['histogram'].get(args.category, 0)} / {reports[-1]['num']} "
+              f"recognised as {args.category}", file=sys.stderr)
+    pooled = pool_scores(reports)
+    histogram = {c: sum(r["histogram"][c] for r in reports) for c in classes}
+    report = {"category": args.category, "num": pooled["num"],
+              "recognised": round(pooled["hits"] / pooled["num"], 4) if pooled["num"] else None,
+              "histogram": histogram, "near_empty": pooled["near_empty"],
+              "never_ending": pooled["never_ending"],
+              "source": {"export": reports[0]["source"]["export"], "temperature": args.temperature,
+                         "seeds": list(args.seed), "max_len": reports[0]["source"]["max_len"]},
+              "classifier": str(Path(args.classifier).expanduser()), "per_seed": reports}
+    print(json.dumps(report, indent=2))
+    return report
+
+
+def seed_list(text: str) -> list[int]:
+    """`--seed` values: `3`, `1-5` or `1,2,7` -> distinct ints in order."""
+    seeds = []
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a seed (3), a range (1-5) or a list (1,2,7)")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: give each seed once (e.g. 1-5)")
+    return seeds
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -440,7 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--category", required=True, choices=TARGETS, help="what the sketches should be")
     s.add_argument("--num", type=int, default=100, help="samples to draw from --export")
     s.add_argument("--temperature", type=float, default=0.5)
-    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--seed", type=seed_list, default=[1],
+                   help="--export: sampling seed, or several (1-5, 1,2,7): one report per seed and "
+                        "the pooled rate (default 1)")
     s.add_argument("--max-len", type=int, help="--ndjson: the sampling cap T (for never_ending)")
     s.add_argument("--min-extent", type=float, default=DEFAULT_MIN_EXTENT,
                    help="near_empty: bounding box under this many pixels (default %(default)s)")

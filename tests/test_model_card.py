@@ -30,6 +30,11 @@ def test_pool_scores_sums_per_seed_counts():
     assert [(r["seed"], r["hits"]) for r in pooled["rows"]] == [(1, 7), (2, 5), (3, 9)]
 
 
+@pytest.mark.parametrize("seeds, spec", [([3], "3"), ([1, 2, 3, 4, 5], "1-5"), ([1, 2], "1,2"), ([1, 4, 5], "1,4,5")])
+def test_seed_spec_redraws_the_reports_seeds(seeds, spec):
+    assert mc.seed_spec([report(s, 5, 0) for s in seeds]) == spec
+
+
 @pytest.mark.parametrize("other, field", [
     (report(2, 5, 1, temperature=0.8), "temperature"),
     (report(2, 5, 1, export="exp/8"), "export"),

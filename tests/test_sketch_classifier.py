@@ -272,6 +272,34 @@ def test_score_export_end_to_end(export_base, classifier_dir, capsys):
     assert report["recognised"] == 0.0 and report["never_ending"] == 0
 
 
+def test_score_export_pools_several_seeds(export_base, classifier_dir, capsys):
+    assert sc.main(["score", "--export", str(export_base), "--category", "pig", "--num", "3",
+                    "--seed", "2-3,7", "--classifier", str(classifier_dir)]) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    assert [r["source"]["seed"] for r in report["per_seed"]] == [2, 3, 7] == report["source"]["seeds"]
+    assert all(r["num"] == 3 and r["never_ending"] == 1 for r in report["per_seed"])
+    assert (report["num"], report["near_empty"], report["never_ending"]) == (9, 3, 3)
+    assert report["histogram"] == {"pig": 9, "face": 0, "alarm_clock": 0, "other": 0}
+    assert report["recognised"] == 1.0 and "seed 7: 3 / 3 recognised as pig" in out.err
+    # model_card pools per-seed reports itself: a pooled one is refused, its per-seed ones are not.
+    with pytest.raises(ValueError, match="one report per seed"):
+        sc.pool_scores([report])
+    assert sc.pool_scores(report["per_seed"])["hits"] == 9
+
+
+@pytest.mark.parametrize("text, seeds", [("4", [4]), ("1-5", [1, 2, 3, 4, 5]), ("1, 3,8-9", [1, 3, 8, 9])])
+def test_seed_list(text, seeds):
+    assert sc.seed_list(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["", "1-x", "a", "1,1", "1-3,2", "5-4"])
+def test_seed_list_rejects(text, capsys):
+    with pytest.raises(SystemExit) as e:
+        sc.build_parser().parse_args(["score", "--real", "--category", "pig", "--seed", text])
+    assert e.value.code == 2 and "--seed" in capsys.readouterr().err
+
+
 def test_score_ndjson(tmp_path, classifier_dir, capsys):
     path = tmp_path / "samples.ndjson"
     path.write_text("\n".join(json.dumps({"strokes": s}) for s in
