@@ -362,9 +362,9 @@ def train(args) -> dict:
 # --- scoring ----------------------------------------------------------------------------------
 
 
-def sample_export(export_dir: str, num: int, temperature: float, seed: int):
-    """Samples an export's `sample` signature -> (version dir, sketches, lengths `[num]`, T = the
-    sampling cap)."""
+def load_sampler(export_dir: str):
+    """Loads an export's `sample` signature once -> (version dir, draw) where
+    `draw(num, temperature, seed)` -> (sketches, lengths `[num]`, T = the sampling cap)."""
     import tensorflow as tf
 
     path, _ = resolve_export_dir(export_dir)
@@ -372,11 +372,23 @@ def sample_export(export_dir: str, num: int, temperature: float, seed: int):
     if "sample" not in module.signatures:
         raise UsageError(f"{path}: the SavedModel has no `sample` signature "
                          f"(it has {', '.join(sorted(module.signatures)) or 'none'})")
-    out = module.signatures["sample"](num=tf.constant(num, tf.int32),
-                                      temperature=tf.constant(temperature, tf.float32),
-                                      seed=tf.constant(seed, tf.int32))
-    strokes, lengths = out["strokes"].numpy(), out["lengths"].numpy()
-    return path, unpad(strokes, lengths), lengths, int(strokes.shape[1])
+    signature = module.signatures["sample"]
+
+    def draw(num: int, temperature: float, seed: int):
+        out = signature(num=tf.constant(num, tf.int32),
+                        temperature=tf.constant(temperature, tf.float32),
+                        seed=tf.constant(seed, tf.int32))
+        strokes, lengths = out["strokes"].numpy(), out["lengths"].numpy()
+        return unpad(strokes, lengths), lengths, int(strokes.shape[1])
+
+    return path, draw
+
+
+def sample_export(export_dir: str, num: int, temperature: float, seed: int):
+    """Samples an export's `sample` signature -> (version dir, sketches, lengths `[num]`, T = the
+    sampling cap)."""
+    path, draw = load_sampler(export_dir)
+    return (path, *draw(num, temperature, seed))
 
 
 def score_sketches(model, cfg: RasterConfig, classes, sketches, category: str, lengths=None,
@@ -420,52 +432,49 @@ def score(args) -> dict:
     model, cfg, classes = load_classifier(Path(args.classifier).expanduser())
     if args.category not in classes:
         raise UsageError(f"--category {args.category}: the classifier knows {', '.join(classes)}")
-    lengths, max_len = None, args.max_len
-    if args.export and len(args.seed) > 1:
-        return score_seeds(args, model, cfg, classes)
     if args.export:
-        seed = args.seed[0]
-        path, sketches, lengths, max_len = sample_export(args.export, args.num, args.temperature, seed)
-        source = {"export": path, "temperature": args.temperature, "seed": seed, "max_len": max_len}
-    elif args.ndjson:
-        sketches = [s for _, s in read_sketches(args.ndjson)]
-        source = {"ndjson": args.ndjson, "max_len": max_len}
+        report = score_export(args, model, cfg, classes)
     else:
-        path = Path(args.data) / "quickdraw_npz" / f"{args.category}.npz"
-        if not path.exists():
-            raise UsageError(f"--real: {path} is missing")
-        sketches = load_npz(path)["test"]
-        source = {"real": str(path), "split": "test"}
-    report = {**score_sketches(model, cfg, classes, sketches, args.category, lengths, max_len,
-                               args.min_extent), "source": source,
-              "classifier": str(Path(args.classifier).expanduser())}
+        if args.ndjson:
+            sketches = [s for _, s in read_sketches(args.ndjson)]
+            source = {"ndjson": args.ndjson, "max_len": args.max_len}
+        else:
+            path = Path(args.data) / "quickdraw_npz" / f"{args.category}.npz"
+            if not path.exists():
+                raise UsageError(f"--real: {path} is missing")
+            sketches = load_npz(path)["test"]
+            source = {"real": str(path), "split": "test"}
+        report = {**score_sketches(model, cfg, classes, sketches, args.category, None, args.max_len,
+                                   args.min_extent), "source": source}
+    report["classifier"] = str(Path(args.classifier).expanduser())
     print(json.dumps(report, indent=2))
     return report
 
 
-def score_seeds(args, model, cfg, classes) -> dict:
-    """`score --export --seed 1-5`: one report per seed (as `--seed N` prints it, under `per_seed`)
-    and the pooled counts: 500 samples for 1-5, a standard error sqrt(5) times smaller than 100's."""
+def score_export(args, model, cfg, classes) -> dict:
+    """`score --export`: the report of one seed; with several (`--seed 1-5`) each seed's report under
+    `per_seed` and the pooled counts (500 samples for 1-5: a standard error sqrt(5) times smaller)."""
+    path, draw = load_sampler(args.export)
     reports = []
     for seed in args.seed:
-        path, sketches, lengths, max_len = sample_export(args.export, args.num, args.temperature, seed)
+        sketches, lengths, max_len = draw(args.num, args.temperature, seed)
         reports.append({**score_sketches(model, cfg, classes, sketches, args.category, lengths, max_len,
                                          args.min_extent),
                         "source": {"export": path, "temperature": args.temperature, "seed": seed,
                                    "max_len": max_len}})
-        print(f"seed {seed}: {reports[-1]['histogram'].get(args.category, 0)} / {reports[-1]['num']} "
-              f"recognised as {args.category}", file=sys.stderr)
+        if len(args.seed) > 1:
+            print(f"seed {seed}: {reports[-1]['histogram'].get(args.category, 0)} / {reports[-1]['num']} "
+                  f"recognised as {args.category}", file=sys.stderr)
+    if len(reports) == 1:
+        return reports[0]
     pooled = pool_scores(reports)
-    histogram = {c: sum(r["histogram"][c] for r in reports) for c in classes}
-    report = {"category": args.category, "num": pooled["num"],
-              "recognised": round(pooled["hits"] / pooled["num"], 4) if pooled["num"] else None,
-              "histogram": histogram, "near_empty": pooled["near_empty"],
-              "never_ending": pooled["never_ending"],
-              "source": {"export": reports[0]["source"]["export"], "temperature": args.temperature,
-                         "seeds": list(args.seed), "max_len": reports[0]["source"]["max_len"]},
-              "classifier": str(Path(args.classifier).expanduser()), "per_seed": reports}
-    print(json.dumps(report, indent=2))
-    return report
+    return {"category": args.category, "num": pooled["num"],
+            "recognised": round(pooled["hits"] / pooled["num"], 4) if pooled["num"] else None,
+            "histogram": {c: sum(r["histogram"][c] for r in reports) for c in classes},
+            "near_empty": pooled["near_empty"], "never_ending": pooled["never_ending"],
+            "source": {"export": path, "temperature": args.temperature, "seeds": list(args.seed),
+                       "max_len": reports[0]["source"]["max_len"]},
+            "per_seed": reports}
 
 
 def seed_list(text: str) -> list[int]:
