@@ -384,13 +384,6 @@ def load_sampler(export_dir: str):
     return path, draw
 
 
-def sample_export(export_dir: str, num: int, temperature: float, seed: int):
-    """Samples an export's `sample` signature -> (version dir, sketches, lengths `[num]`, T = the
-    sampling cap)."""
-    path, draw = load_sampler(export_dir)
-    return (path, *draw(num, temperature, seed))
-
-
 def score_sketches(model, cfg: RasterConfig, classes, sketches, category: str, lengths=None,
                    max_len: int | None = None, min_extent: float = DEFAULT_MIN_EXTENT) -> dict:
     """The report for `sketches` that should be `category`: rate, histogram, degenerate counts."""

@@ -228,18 +228,20 @@ def classifier_dir(tmp_path_factory):
     return sc.save_classifier(model, sc.RasterConfig(size=16), out, {"note": "untrained"})
 
 
-def test_sample_export_uses_the_highest_version(export_base):
-    path, sketches, lengths, max_len = sc.sample_export(str(export_base), 3, 0.5, 1)
+def test_load_sampler_uses_the_highest_version(export_base):
+    path, draw = sc.load_sampler(str(export_base))
+    sketches, lengths, max_len = draw(3, 0.5, 1)
     assert path == str(export_base / "10") and max_len == T
     assert lengths.tolist() == [5, 1, T] and [len(s) for s in sketches] == [5, 1, T]
     assert sketches[0][1, 0] == 40.0
-    path, sketches, _, _ = sc.sample_export(str(export_base / "2"), 2, 0.5, 1)  # a version dir
+    path, draw = sc.load_sampler(str(export_base / "2"))  # a version dir
+    sketches, _, _ = draw(2, 0.5, 1)
     assert path == str(export_base / "2") and len(sketches) == 2 and sketches[0][1, 0] == 20.0
 
 
-def test_sample_export_errors(tmp_path):
+def test_load_sampler_errors(tmp_path):
     with pytest.raises(sc.UsageError):
-        sc.sample_export(str(tmp_path), 1, 0.5, 1)  # no version inside
+        sc.load_sampler(str(tmp_path))  # no version inside
     assert sc.main(["score", "--export", str(tmp_path / "nowhere"), "--category", "pig",
                     "--classifier", str(tmp_path)]) == 2
 
