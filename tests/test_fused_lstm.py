@@ -242,6 +242,18 @@ def test_build_errors_say_what_failed(tmp_path, monkeypatch):
     assert not list((tmp_path / "cache").rglob("*.so"))  # No half-written library left behind.
 
 
+def test_build_turns_off_avx512_fp16_where_the_cpu_has_it(monkeypatch):
+    """TensorFlow's Eigen does not compile with -march=native on AVX-512 FP16 CPUs (g++ 12): the
+    command adds -mno-avx512fp16 after it there, and only there."""
+    fp16 = "flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_fp16 amx_bf16\n"
+    monkeypatch.setattr(kernels, "_cpu_signature", lambda: fp16)
+    cmd = kernels._command("g++", "out.so")
+    assert cmd.index("-mno-avx512fp16") == cmd.index("-march=native") + 1
+    monkeypatch.setattr(kernels, "_cpu_signature", lambda: fp16.replace(" avx512_fp16", ""))
+    cmd = kernels._command("g++", "out.so")
+    assert "-march=native" in cmd and "-mno-avx512fp16" not in cmd
+
+
 def _child(code, **env):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -283,7 +295,8 @@ def test_training_steps_with_the_kernel_equal_the_loop(tmp_path, sample_dir, ops
     from trainer.train import train_and_evaluate
 
     write_dataset(tmp_path / "d", sample_sketches(sample_dir, limit=40), shards=1)
-    hps = HParams.preset("tiny").replace(batch_size=6, use_recurrent_dropout=False)
+    # float32 for both: with the loop, precision auto picks bfloat16 on CPUs with AMX.
+    hps = HParams.preset("tiny").replace(batch_size=6, use_recurrent_dropout=False, precision="float32")
     got = {}
     for kernel in ("fused", "loop"):
         keras.utils.set_random_seed(5)

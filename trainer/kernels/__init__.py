@@ -63,7 +63,13 @@ def _command(cxx: str, out: str) -> list[str]:
     flags = list(tf.sysconfig.get_compile_flags())
     if not any(f.startswith("-std=") for f in flags):
         flags.append("-std=c++17")
-    return [cxx, "-shared", "-fPIC", "-O3", "-march=native", "-DNDEBUG", str(SOURCE), "-o", out,
+    arch = ["-march=native"]
+    if "avx512_fp16" in _cpu_signature().split():
+        # CPUs with AVX-512 FP16 (Intel Sapphire Rapids and later): the Eigen that TensorFlow ships
+        # enables its half-precision packet math there, which g++ 12 cannot compile ("expected
+        # initializer before '<' token" in PacketMathFP16.h). The kernel computes in float32 only.
+        arch.append("-mno-avx512fp16")
+    return [cxx, "-shared", "-fPIC", "-O3", *arch, "-DNDEBUG", str(SOURCE), "-o", out,
             *flags, *tf.sysconfig.get_link_flags()]
 
 
