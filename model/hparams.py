@@ -37,6 +37,10 @@ class HParams:
     num_mixture: int = 20  # M, components of the Gaussian mixture over (dx, dy).
     enc_model: str = "lstm"  # One of CELL_TYPES.
     dec_model: str = "lstm"  # One of CELL_TYPES.
+    # Not in the reference (off by default): the decoder also reads the pen's position, the running
+    # sum of the offsets drawn so far (normalized units, (0, 0) at S_0), beside S_{i-1}, so where a
+    # part goes (a snout inside a head) does not rest on the LSTM summing ~100 offsets itself.
+    dec_position: bool = False
     use_recurrent_dropout: bool = True  # Dropout on the cell candidate ("without memory loss").
     recurrent_dropout_rate: float = 0.1
     use_input_dropout: bool = False

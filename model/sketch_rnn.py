@@ -162,9 +162,17 @@ class SketchRNN(keras.Model):
             z = tf.broadcast_to(z[:, None, :], tf.concat([tf.shape(prev)[:2], tf.shape(z)[-1:]], 0))
         return tf.concat([prev, tf.cast(z, prev.dtype)], axis=-1)
 
+    @property
+    def _row_size(self) -> int:
+        """Width of the per-step decoder input before z: S_{i-1} (5), + the pen position (2)."""
+        return 7 if self.hps.dec_position else 5
+
     def _run_decoder(self, prev: tf.Tensor, z: tf.Tensor | None, state, training: bool = False,
                      lengths: tf.Tensor | None = None):
-        """The decoder over `[B, T, 5]` rows S_{i-1} with z at every step -> (h `[B, T, H]`, state)."""
+        """The decoder over `[B, T, 5]` rows S_{i-1} with z at every step -> (h `[B, T, H]`, state).
+        `prev` starts at S_0 (hps.dec_position: the position is the running sum of its offsets)."""
+        if self.hps.dec_position:
+            prev = tf.concat([prev, tf.cumsum(prev[..., :2], axis=1)], axis=-1)
         if self.decoder.static_size:
             x = self.input_dropout(prev, training=training)
             return self.decoder(x, initial_state=state, training=training, lengths=lengths,
@@ -207,13 +215,14 @@ class SketchRNN(keras.Model):
     # --- sampling ---------------------------------------------------------------------
 
     def _sample_loop(self, h, c, prev, z, steps, temperature, seed, min_steps=1,
-                     fixed_steps: bool = False):
+                     fixed_steps: bool = False, position=None):
         """Autoregressive sampling for a batch: returns rows `[n, steps, 5]` and lengths `[n]`.
 
         Stops per sample at the first p3 (its length = the points before it) and at `steps`;
         p3 is ruled out for the first `min_steps` steps. `fixed_steps` (with a Python int
         `steps`): static output shapes, what XLA compiles (rows after the loop's early exit are
-        filled in afterwards instead of concatenated).
+        filled in afterwards instead of concatenated). `position` `[n, 2]`: the pen's position
+        after `prev` (hps.dec_position; default the offsets of `prev`, as after S_0).
         """
         n = tf.shape(prev)[0]
         temperature = tf.cast(temperature, tf.float32)
@@ -228,17 +237,20 @@ class SketchRNN(keras.Model):
         z_proj = None
         kernel = tf.cast(self.decoder.kernel, dtype)
         if z is not None:
-            z_proj = tf.matmul(tf.cast(z, dtype), kernel[5:])
+            z_proj = tf.matmul(tf.cast(z, dtype), kernel[self._row_size:])
         if not self.decoder.layer_norm:
             bias = tf.cast(self.decoder.bias, dtype)
             z_proj = bias if z_proj is None else z_proj + bias
-        k_prev = kernel[:5]
+        k_prev = kernel[:self._row_size]
+        if position is None:
+            position = prev[:, :2]
 
-        def cond(t, h, c, prev, done, lengths, rows):
+        def cond(t, h, c, prev, done, lengths, rows, position):
             return tf.logical_and(t < steps, tf.logical_not(tf.reduce_all(done)))
 
-        def body(t, h, c, prev, done, lengths, rows):
-            xw = tf.matmul(tf.cast(prev, dtype), k_prev)
+        def body(t, h, c, prev, done, lengths, rows, position):
+            x = tf.concat([prev, position], axis=-1) if self.hps.dec_position else prev
+            xw = tf.matmul(tf.cast(x, dtype), k_prev)
             if z_proj is not None:
                 xw = xw + z_proj
             h, c = self.decoder.step(xw, h, c, weights=weights)
@@ -248,14 +260,15 @@ class SketchRNN(keras.Model):
             lengths = tf.where(ended, t, lengths)
             done = tf.logical_or(done, ended)
             row = tf.where(done[:, None], end, row)
-            return t + 1, h, c, row, done, lengths, rows.write(t, row)
+            return t + 1, h, c, row, done, lengths, rows.write(t, row), position + row[:, :2]
 
-        t, _, _, _, _, lengths, rows = tf.while_loop(
+        t, _, _, _, _, lengths, rows, _ = tf.while_loop(
             cond, body, (tf.constant(0), tf.cast(h, dtype), tf.cast(c, dtype), prev,
-                         tf.zeros([n], tf.bool), lengths0, rows),
+                         tf.zeros([n], tf.bool), lengths0, rows, position),
             shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None]),
                               tf.TensorShape([None, None]), tf.TensorShape([None, 5]),
-                              tf.TensorShape([None]), tf.TensorShape([None]), None),
+                              tf.TensorShape([None]), tf.TensorShape([None]), None,
+                              tf.TensorShape([None, 2])),
             maximum_iterations=steps)
         if fixed_steps:  # Slots after the exit were never written: XLA leaves them zero.
             out = tf.transpose(rows.stack(), [1, 0, 2])
@@ -332,7 +345,8 @@ class SketchRNN(keras.Model):
         with_start = tf.concat([start, prefix], axis=1)  # S_0..S_P.
         _, (h, c) = self._run_decoder(with_start[:, :p], z, (h, c), training=False)
         rows, gen_lengths = self._sample_loop(h, c, with_start[:, p], z, max_len - p,
-                                              temperature, seed, min_steps=tf.cast(p == 0, tf.int32))
+                                              temperature, seed, min_steps=tf.cast(p == 0, tf.int32),
+                                              position=tf.reduce_sum(with_start[:, :p + 1, :2], axis=1))
         return tf.concat([prefix, rows], axis=1), p + gen_lengths
 
 

@@ -329,13 +329,16 @@ def test_sample_valid_and_deterministic():
 
 
 def naive_greedy(model, z, steps):
-    """Greedy decoding with one Python call per step (an independent loop over the same layers)."""
+    """Greedy decoding with one Python call per step (an independent loop over the same layers);
+    with hps.dec_position the input also holds the sum of the rows' offsets so far."""
     hps = model.hps
     h, c = model.initial_decoder_state(tf.constant(z), z.shape[0])
     prev = np.tile(np.array(START_ROW, np.float32), [z.shape[0], 1])
+    position = np.zeros([z.shape[0], 2], np.float32)
     rows, done = [], np.zeros(z.shape[0], bool)
     for _ in range(steps):
-        x = np.concatenate([prev, z], axis=1)
+        position = position + prev[:, :2]
+        x = np.concatenate([prev, position, z] if hps.dec_position else [prev, z], axis=1)
         h, c = model.decoder.step(model.decoder.project(tf.constant(x)), h, c)
         out = model.head(h).numpy().astype(np.float64)
         m = hps.num_mixture
@@ -353,14 +356,41 @@ def naive_greedy(model, z, steps):
     return np.stack(rows, axis=1)
 
 
-def test_temperature_zero_is_greedy_and_matches_a_naive_loop():
-    model, hps = _model(max_len=20)
+@pytest.mark.parametrize("position", [False, True])
+def test_temperature_zero_is_greedy_and_matches_a_naive_loop(position):
+    model, hps = _model(max_len=20, dec_position=position)
+    assert model.decoder.kernel.shape[0] == (7 if position else 5) + hps.z_size
     z = np.random.default_rng(0).normal(size=[3, hps.z_size]).astype(np.float32)
     a = model.sample(None, tf.constant(0.0), tf.constant(1), z=tf.constant(z))
     b = model.sample(None, tf.constant(0.0), tf.constant(99), z=tf.constant(z))
     np.testing.assert_array_equal(a[0], b[0])  # The seed does not matter when greedy.
     ref = naive_greedy(model, z, 20)
     np.testing.assert_allclose(a[0], ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_position_input_of_teacher_forcing_equals_the_sampling_loop(conditional):
+    """hps.dec_position: the decoder's outputs over a sketch read with teacher forcing (the position
+    a cumulative sum) equal those of the sampling loop that drew it (the position a running sum),
+    and an unconditional model's greedy completion of a prefix of its greedy sample is that sample."""
+    model, hps = _model(max_len=16, dec_position=True, conditional=conditional)
+    z = np.random.default_rng(1).normal(size=[2, hps.z_size]).astype(np.float32) if conditional else None
+    strokes, lengths = model.sample(2, tf.constant(0.0), tf.constant(3),
+                                    z=None if z is None else tf.constant(z))
+    prev = tf.concat([tf.broadcast_to(tf.constant(START_ROW), [2, 1, 5]), strokes[:, :-1]], axis=1)
+    zt = None if z is None else tf.constant(z)
+    h, _ = model._run_decoder(prev, zt, model.initial_decoder_state(zt, 2))
+    out = model.head(h).numpy()
+    m = hps.num_mixture
+    k = np.argmax(out[..., 3:3 + m], axis=-1)
+    mu_x = np.take_along_axis(out[..., 3 + m:3 + 2 * m], k[..., None], -1)[..., 0]
+    for i, n in enumerate(lengths.numpy()):  # The greedy offsets are the means of the top component.
+        np.testing.assert_allclose(strokes[i, :n, 0], mu_x[i, :n], atol=1e-4)
+    if not conditional:
+        full = model.sample(1, tf.constant(0.0), tf.constant(3))[0]
+        done = model.complete(full[:, :6], tf.constant([6]), 1, tf.constant(0.0), tf.constant(3),
+                              max_len=16)[0]
+        np.testing.assert_allclose(done, full, atol=1e-4)
 
 
 def test_completion_keeps_the_prefix():
