@@ -41,6 +41,11 @@ class HParams:
     # sum of the offsets drawn so far (normalized units, (0, 0) at S_0), beside S_{i-1}, so where a
     # part goes (a snout inside a head) does not rest on the LSTM summing ~100 offsets itself.
     dec_position: bool = False
+    # Not in the reference (off by default): training only, Gaussian noise of this standard
+    # deviation (normalized units) on the offsets (dx, dy) of the decoder's inputs S_1..S_{T-1}
+    # (not S_0, not end-of-sketch rows; the targets stay clean), so the decoder learns to go on
+    # from offsets a little off the data's, as its own samples are when it draws (exposure bias).
+    dec_input_noise: float = 0.0
     use_recurrent_dropout: bool = True  # Dropout on the cell candidate ("without memory loss").
     recurrent_dropout_rate: float = 0.1
     use_input_dropout: bool = False
@@ -115,7 +120,8 @@ class HParams:
         for name in ("learning_rate", "grad_clip"):
             if getattr(self, name) <= 0:
                 errors.append(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("min_learning_rate", "kl_weight", "kl_weight_start", "kl_tolerance"):
+        for name in ("min_learning_rate", "kl_weight", "kl_weight_start", "kl_tolerance",
+                     "dec_input_noise"):
             if getattr(self, name) < 0:
                 errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("enc_model", "dec_model"):

@@ -180,6 +180,14 @@ class SketchRNN(keras.Model):
         x = self.input_dropout(self._decoder_inputs(prev, z), training=training)
         return self.decoder(x, initial_state=state, training=training, lengths=lengths)
 
+    def _noisy_offsets(self, prev: tf.Tensor) -> tf.Tensor:
+        """hps.dec_input_noise: `prev` (S_0..S_{T-1}) with N(0, noise^2) added to the offsets of
+        S_1.. that are not end-of-sketch rows; S_0 and the pen states stay as they are."""
+        noise = tf.random.normal(tf.shape(prev[..., :2]), stddev=self.hps.dec_input_noise)
+        keep = 1.0 - prev[..., 4:5]  # 0 on end-of-sketch (padding) rows.
+        first = tf.one_hot(0, tf.shape(prev)[1], on_value=0.0, off_value=1.0)[None, :, None]
+        return tf.concat([prev[..., :2] + noise * keep * first, prev[..., 2:]], axis=-1)
+
     def call(self, inputs: dict, training: bool = False) -> dict:
         """Teacher-forced pass.
 
@@ -197,6 +205,8 @@ class SketchRNN(keras.Model):
         batch = tf.shape(strokes)[0]
         start = tf.broadcast_to(tf.constant(START_ROW), tf.stack([batch, 1, 5]))
         prev = tf.concat([start, strokes[:, :-1]], axis=1)  # S_0..S_{T-1}.
+        if training and self.hps.dec_input_noise > 0:
+            prev = self._noisy_offsets(prev)
         result = {}
         z = None
         if self.hps.conditional:

@@ -393,6 +393,40 @@ def test_position_input_of_teacher_forcing_equals_the_sampling_loop(conditional)
         np.testing.assert_allclose(done, full, atol=1e-4)
 
 
+def test_decoder_input_noise_only_on_training_offsets():
+    """hps.dec_input_noise: training adds N(0, s^2) to the dx, dy of S_1.. that are not end rows;
+    S_0, the pen states and end rows stay; evaluation (and s = 0) reads the clean rows."""
+    model, hps = _model(max_len=40, conditional=False, use_recurrent_dropout=False,
+                        dec_input_noise=0.3)
+    rng = np.random.default_rng(2)
+    strokes = np.stack([stroke3_to_stroke5(np.c_[rng.normal(size=[n, 2]), rng.random(n) < 0.2], 40)
+                        for n in (30, 12)])
+    prev = np.concatenate([np.tile(np.array(START_ROW, np.float32), [2, 1, 1]), strokes[:, :-1]], 1)
+    tf.random.set_seed(5)
+    noisy = model._noisy_offsets(tf.constant(prev)).numpy()
+    np.testing.assert_array_equal(noisy[..., 2:], prev[..., 2:])
+    np.testing.assert_array_equal(noisy[:, 0], prev[:, 0])
+    end = prev[..., 4] == 1
+    np.testing.assert_array_equal(noisy[end], prev[end])
+    moved = ~end
+    moved[:, 0] = False
+    delta = (noisy - prev)[moved][:, :2]
+    assert delta.size == 2 * (30 + 12) and np.all(delta != 0)
+    assert 0.2 < delta.std() < 0.4 and abs(delta.mean()) < 0.1
+    inputs = {"strokes": tf.constant(strokes), "lengths": tf.constant([30, 12])}
+    clean = model(inputs, training=False)["outputs"].numpy()
+    h, _ = model._run_decoder(tf.constant(prev), None, model.initial_decoder_state(None, 2))
+    np.testing.assert_allclose(clean, model.head(h).numpy(), atol=1e-6)  # Evaluation: clean rows.
+    train = model(inputs, training=True)["outputs"].numpy()
+    np.testing.assert_allclose(train[:, 0], clean[:, 0], atol=1e-6)  # From S_0: no noise yet.
+    assert np.abs(train[:, 1:] - clean[:, 1:]).max() > 1e-3
+    quiet, _ = _model(max_len=40, conditional=False, use_recurrent_dropout=False)
+    np.testing.assert_allclose(quiet(inputs, training=True)["outputs"].numpy(),
+                               quiet(inputs, training=False)["outputs"].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="dec_input_noise"):
+        HParams(dec_input_noise=-0.1)
+
+
 def test_completion_keeps_the_prefix():
     model, _ = _model(max_len=30)
     prefix = np.zeros([1, 12, 5], np.float32)
