@@ -129,6 +129,22 @@ class Export:
         return int(self.metadata.get("n_max", self.metadata["max_seq_len"]))
 
     @property
+    def resimplify_epsilon(self) -> float:
+        """The pipeline's --resimplify-epsilon for the training data (0: none)."""
+        return float(self.metadata.get("resimplify_epsilon") or 0.0)
+
+    def like_training_data(self, strokes3: np.ndarray, where: str) -> np.ndarray:
+        """A user's stroke-3 simplified again as the training data was (--resimplify-epsilon)."""
+        if not self.resimplify_epsilon > 0:
+            return strokes3
+        from pipeline import simplify
+
+        try:
+            return simplify.resimplify_stroke3(strokes3, self.resimplify_epsilon)
+        except simplify.TooComplex as e:
+            raise UsageError(f"{where}: drawing too complex to simplify: {e}") from None
+
+    @property
     def z_size(self) -> int | None:
         z = self.hparams.get("z_size")
         return int(z) if z is not None else None
@@ -305,7 +321,8 @@ def generate(export: Export, args) -> tuple[list[dict[str, Any]], list[np.ndarra
         indices = args.index if args.index is not None else list(range(want))
         if len(indices) != want:
             raise UsageError(f"--index takes {want} number(s) in this mode, got {len(indices)}")
-        chosen = _pick(sketches, indices, path)
+        chosen = [(label, export.like_training_data(s, f"{path} sketch {i}"))
+                  for (label, s), i in zip(_pick(sketches, indices, path), indices)]
         for (label, s), i in zip(chosen, indices):
             if s.shape[0] > export.max_seq_len:
                 raise UsageError(f"{path} sketch {i}: {s.shape[0]} points, more than the model's "

@@ -98,6 +98,7 @@ class Service:
         return {"max_seq_len": self.export.max_seq_len, "z_size": self.export.z_size,
                 "max_num": self.max_num, "max_temperature": MAX_TEMPERATURE,
                 "scale_factor": self.export.metadata.get("scale_factor"),
+                "resimplify_epsilon": self.export.resimplify_epsilon,
                 "classes": self.export.metadata.get("classes")}
 
     def describe(self) -> dict[str, Any]:

@@ -246,6 +246,7 @@ def build_metadata(counts: collections.Counter, moments, scale_factor: float, sc
         # the CLI refuses such a run's output.
         "input_errors": summary["input_errors"],
         "rdp_epsilon": config.rdp_epsilon,
+        "resimplify_epsilon": config.resimplify_epsilon,
         "split_fractions": {"train": 1.0 - config.valid_fraction - config.test_fraction,
                             "valid": config.valid_fraction, "test": config.test_fraction},
         "split_hash": "md5(key_id)[:8] / 2^64: < test -> test, < test+valid -> valid, else train"
@@ -672,6 +673,7 @@ def streaming_metadata(base: dict[str, Any], config: Config, sources: Sequence[s
         "lines_read": 0,
         "rejected": {},
         "rdp_epsilon": config.rdp_epsilon,
+        "resimplify_epsilon": config.resimplify_epsilon,
         "sources": list(sources),
         "streaming": True,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -80,6 +80,10 @@ class Config:
 
     max_seq_len: int = 250
     rdp_epsilon: float = simplify_lib.DEFAULT_RDP_EPSILON
+    # > 0: RDP again at this tolerance on every drawing once simplified (raw ones at rdp_epsilon
+    # first; simplified ndjson and .npz as they come), in their units (Quick Draw's 0..255 canvas):
+    # shorter sequences. 0: off.
+    resimplify_epsilon: float = 0.0
     valid_fraction: float = 0.05
     test_fraction: float = 0.05
     input_format: str = "auto"           # auto | raw | simplified (ndjson lines)
@@ -91,6 +95,8 @@ class Config:
             raise ValueError(f"max_seq_len must be >= 2, got {self.max_seq_len}")
         if not self.rdp_epsilon > 0:
             raise ValueError(f"rdp_epsilon must be > 0, got {self.rdp_epsilon}")
+        if not self.resimplify_epsilon >= 0:
+            raise ValueError(f"resimplify_epsilon must be >= 0, got {self.resimplify_epsilon}")
         if not (0 <= self.valid_fraction and 0 <= self.test_fraction
                 and self.valid_fraction + self.test_fraction < 1):
             raise ValueError("valid and test fractions must be >= 0 and sum to less than 1, got "
@@ -260,7 +266,8 @@ def process_line(line: bytes | str, config: Config) -> Drawing | Rejection:
     """One Quick Draw ndjson line (raw or simplified; bytes as read, or str) -> Drawing or Rejection.
 
     Raw drawings are simplified like Quick Draw's simplified set (`pipeline/simplify.py`);
-    simplified ones are kept as they are. The stroke-3 of a kept drawing has at most
+    simplified ones are kept as they are; with `config.resimplify_epsilon` both get RDP again at
+    that tolerance. The stroke-3 of a kept drawing has at most
     `config.max_seq_len` rows.
     """
     line = decode_line(line)
@@ -299,6 +306,11 @@ def process_line(line: bytes | str, config: Config) -> Drawing | Rejection:
             xy, lengths = simplify_lib.simplify(xy, lengths, config.rdp_epsilon)
         except simplify_lib.TooComplex as e:
             return Rejection("too_complex", str(e), line)
+    if config.resimplify_epsilon > 0:
+        try:
+            xy, lengths = simplify_lib.rdp_points(xy, lengths, config.resimplify_epsilon)
+        except simplify_lib.TooComplex as e:
+            return Rejection("too_complex", str(e), line)
     strokes3 = simplify_lib.to_stroke3(xy, lengths)
     if strokes3.shape[0] > config.max_seq_len:
         return Rejection("too_long", f"{strokes3.shape[0]} points > --max-seq-len {config.max_seq_len}",
@@ -333,12 +345,24 @@ def process_npz_sketch(strokes3, word: str, split: str, key_id: str, config: Con
         return Rejection("absurd_coordinates", f"|offset| > {MAX_ABS_COORDINATE:g}", where)
     if arr.shape[0] < 2:
         return Rejection("single_point", "one point", where)
-    if arr.shape[0] > config.max_seq_len:
-        return Rejection("too_long", f"{arr.shape[0]} points > --max-seq-len {config.max_seq_len}", where)
+    # Re-simplified, a longer sketch may fit: then only MAX_POINTS bounds the input.
+    cap = MAX_POINTS if config.resimplify_epsilon > 0 else config.max_seq_len
+    if arr.shape[0] > cap:
+        return Rejection("too_long", f"{arr.shape[0]} points > "
+                         f"{'the limit' if cap == MAX_POINTS else '--max-seq-len'} {cap}", where)
     if config.categories and normalize_word(word) not in config.categories:
         return Rejection("category_excluded", f"word {word!r} not in --categories", where)
     out = arr.astype(np.float32)
     out[:, 2] = (arr[:, 2] != 0).astype(np.float32)
+    if config.resimplify_epsilon > 0:
+        try:
+            out = simplify_lib.resimplify_stroke3(out, config.resimplify_epsilon)
+        except simplify_lib.TooComplex as e:
+            return Rejection("too_complex", str(e), where)
+        if out.shape[0] > config.max_seq_len:
+            return Rejection("too_long", f"{out.shape[0]} points (after --resimplify-epsilon "
+                             f"{config.resimplify_epsilon:g}) > --max-seq-len {config.max_seq_len}",
+                             where)
     return Drawing(key_id, word, split, out)
 
 

@@ -208,3 +208,31 @@ def to_stroke3(xy: np.ndarray, stroke_lengths: np.ndarray) -> np.ndarray:
     out[:, 0:2] = np.diff(xy, axis=0, prepend=np.zeros((1, 2), dtype=np.float32))
     out[np.cumsum(lengths) - 1, 2] = 1.0
     return out
+
+
+def rdp_points(xy: np.ndarray, stroke_lengths: np.ndarray, epsilon: float,
+               max_work: int | None = MAX_RDP_WORK) -> tuple[np.ndarray, np.ndarray]:
+    """RDP on points that are already simplified (no alignment, resampling or rounding): the kept
+    points `[Q, 2]` (same dtype) and points per stroke `[S]` (each stroke keeps its two ends).
+    Raises `TooComplex` beyond `max_work` point visits."""
+    lengths = np.asarray(stroke_lengths, dtype=np.int64)
+    keep = rdp_keep_mask(xy, lengths, epsilon, max_work=max_work)
+    stroke_of = np.repeat(np.arange(lengths.size), lengths)
+    return np.asarray(xy)[keep], np.bincount(stroke_of[keep], minlength=lengths.size).astype(np.int64)
+
+
+def resimplify_stroke3(strokes3: np.ndarray, epsilon: float,
+                       max_work: int | None = MAX_RDP_WORK) -> np.ndarray:
+    """A simplified stroke-3 sketch `[n, 3]` (dx, dy, pen_lifted) -> stroke-3 float32 of the same
+    strokes with RDP run again at `epsilon` (in the sketch's own units: Quick Draw's 0..255 canvas
+    for its simplified and .npz data): fewer points, every kept point exactly where it was.
+
+    A stroke ends at each pen_lifted row (and at the last row). Raises `TooComplex` as `rdp_points`.
+    """
+    s = np.asarray(strokes3, dtype=np.float64)
+    ends = np.flatnonzero(s[:, 2] != 0)
+    if ends.size == 0 or ends[-1] != s.shape[0] - 1:
+        ends = np.append(ends, s.shape[0] - 1)
+    xy, lengths = rdp_points(np.cumsum(s[:, :2], axis=0), np.diff(ends, prepend=-1), epsilon,
+                             max_work)
+    return to_stroke3(xy, lengths)

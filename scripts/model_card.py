@@ -160,6 +160,7 @@ def main() -> int:
 
     size = sum(os.path.getsize(os.path.join(root, n)) for root, _, names in os.walk(version_dir) for n in names)
 
+    resimplify = float(meta.get("resimplify_epsilon") or 0.0)
     lines = [f"# {args.name}: sketch-rnn trained on Quick Draw `{args.name}`", ""]
     lines += ["A conditional sketch-rnn (bidirectional LSTM encoder, LSTM decoder with a Gaussian mixture "
               "head; Ha & Eck 2017) exported as a versioned SavedModel: signatures "
@@ -167,7 +168,10 @@ def main() -> int:
     lines += ["```bash", f"sketch-rnn sample --model {args.name} --num 16 --temperature 0.5 --output out/{args.name}",
               f"sketch-rnn serve --model {args.name}", "```", ""]
     lines += ["## Data", "", f"`{os.path.basename(args.source)}`: {ATTRIBUTION}", "",
-              f"Preprocessed by `sketch-rnn preprocess`: {meta['counts']['train']} train, "
+              f"Preprocessed by `sketch-rnn preprocess`"
+              + (f" (`--resimplify-epsilon {resimplify:g}`: RDP run again on the simplified "
+                 f"strokes at this tolerance, fewer points per sketch)" if resimplify else "")
+              + f": {meta['counts']['train']} train, "
               f"{meta['counts']['valid']} valid, {meta['counts']['test']} test sketches; N_max "
               f"{meta['n_max']} (the longest sketch), scale factor {meta['scale_factor']:.3f}.", ""]
     lines += ["## Training", "",
@@ -245,7 +249,8 @@ def main() -> int:
                 f"{set_flags(values)} {extra}--steps {steps} {intervals}")
 
     run_dir = f"runs/m_{args.name}"
-    commands = [f"sketch-rnn preprocess --input {args.source} --output runs/qd/{args.name}"]
+    commands = [f"sketch-rnn preprocess --input {args.source} --output runs/qd/{args.name}"
+                + (f" --resimplify-epsilon {resimplify:g}" if resimplify else "")]
     # Stage 1 to its checkpoint, then each later stage from the one before with its own hparams.
     ends = args.init_step + [last_train["step"]]
     commands.append(train_command(run_dir, diff, ends[0]))

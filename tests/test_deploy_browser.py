@@ -119,6 +119,10 @@ def test_drawing_to_stroke3_in_js(page):
         "return window.sketchRnn.toStroke3([[[10, 10], [60, 10], [110, 10]], [[110, 60]]], 64)")
     # Aligned to the top-left, scaled to 255, collinear point dropped by RDP, dot doubled.
     assert rows == [[0, 0, 0], [255, 0, 1], [0, 128, 0], [0, 0, 1]]
+    # A model trained on re-simplified data (--resimplify-epsilon, /config.json): RDP again.
+    arc = "[[[0, 0], [100, 3], [200, 0]]]"
+    assert len(page.execute_script(f"return window.sketchRnn.toStroke3({arc}, 64)")) == 3
+    assert page.execute_script(f"return window.sketchRnn.toStroke3({arc}, 64, 5)") == [[0, 0, 0], [255, 0, 1]]
     z = page.execute_script("return window.sketchRnn.slerp([1, 0], [0, 1], 0.5)")
     assert abs(z[0] - 0.5 ** 0.5) < 1e-9 and abs(z[1] - 0.5 ** 0.5) < 1e-9
 

@@ -128,6 +128,26 @@ def test_complete_keeps_the_prefix(export, tmp_path, capsys):
     assert len(cells(tmp_path / "done.svg")) == 6
 
 
+def test_a_users_prefix_is_resimplified_like_the_training_data(export, tmp_path, capsys):
+    """An export whose data went through --resimplify-epsilon gets the user's sketch simplified the
+    same way before the model reads it (here the square's sides' midpoints go)."""
+    import shutil
+
+    copy = tmp_path / "coarse"
+    shutil.copytree(export, copy)
+    meta_path = next(copy.rglob("assets.extra/metadata.json"))
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "resimplify_epsilon": 1.5}))
+    rows = [[10, 10, 0], [10, 0, 0], [10, 1, 0], [0, 10, 0], [-1, 10, 1], [5, 5, 0], [3, 2, 1]]
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"strokes": rows}))
+    code, _, err = run(capsys, "--model", copy, "--complete", partial, "--num", 1, "--output", tmp_path / "done")
+    assert code == 0, err
+    record, = read_ndjson(tmp_path / "done.ndjson")
+    assert record["prefix_length"] == 5
+    assert record["strokes"][:5] == [[10, 10, 0], [20, 1, 0], [-1, 20, 1], [5, 5, 0], [3, 2, 1]]
+
+
 def test_interpolate_between_two_sketches(export, tmp_path, capsys):
     two = tmp_path / "two.ndjson"
     a, b = square_stroke3(), [[5.0, 5.0, 0.0], [30.0, 10.0, 0.0], [-10.0, 25.0, 1.0]]

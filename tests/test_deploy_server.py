@@ -57,6 +57,7 @@ def test_status_and_metadata(server):
     assert meta["metadata"]["sketch_rnn"]["z_size"] == Z
     status, config = http(f"{server.url}/config.json")
     assert status == 200 and config["model_name"] == "sketch_rnn" and config["max_num"] == 64
+    assert config["resimplify_epsilon"] == 0.0  # the page simplifies drawings like the training data
 
 
 def test_metadata_tensor_names_run_in_the_session_loader(server, tmp_path_factory):

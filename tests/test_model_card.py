@@ -46,14 +46,15 @@ def test_pool_scores_refuses_reports_that_do_not_belong_together(other, field):
         mc.pool_scores([report(1, 7, 2), other])
 
 
-def fake_run(tmp_path):
+def fake_run(tmp_path, meta_extra=None):
     """A version dir with what the card reads (no real SavedModel: the card never loads one)."""
     version = tmp_path / "export" / "7"
     (version / "assets.extra").mkdir(parents=True)
     (version / "saved_model.pb").write_bytes(b"")
     (version / "assets.extra" / "hparams.json").write_text(HParams.preset("tiny").replace(kl_weight=1.0).to_json())
     (version / "assets.extra" / "metadata.json").write_text(json.dumps(
-        {"counts": {"train": 20, "valid": 4, "test": 4}, "n_max": 40, "scale_factor": 12.5}))
+        {"counts": {"train": 20, "valid": 4, "test": 4}, "n_max": 40, "scale_factor": 12.5,
+         **(meta_extra or {})}))
     run = tmp_path / "run"
     run.mkdir()
     records = []
@@ -76,8 +77,8 @@ def fake_stage(directory, hps, step, wall_s):
     return directory
 
 
-def run_card(monkeypatch, tmp_path, reports, extra=()):
-    version, run = fake_run(tmp_path)
+def run_card(monkeypatch, tmp_path, reports, extra=(), meta_extra=None):
+    version, run = fake_run(tmp_path, meta_extra=meta_extra)
     paths = []
     for i, r in enumerate(reports):
         path = tmp_path / f"score_{i}.json"
@@ -104,6 +105,15 @@ def test_card_shows_the_first_report_and_the_pooled_rate(monkeypatch, tmp_path):
     assert "(lowest validation cost up to it: step 5)" in card
     # Step 7 is neither the best (5) nor the last (10) checkpoint: the export names it.
     assert "--checkpoint runs/m_pig/checkpoints/ckpt-7 --version 7" in card
+
+
+def test_card_names_the_resimplification_in_data_and_reproduce(monkeypatch, tmp_path):
+    rc, out = run_card(monkeypatch, tmp_path, [report(1, 7, 2)], meta_extra={"resimplify_epsilon": 6.0})
+    card = out.read_text()
+    assert rc == 0 and "(`--resimplify-epsilon 6`: RDP run again" in card
+    assert "sketch-rnn preprocess --input pig.npz --output runs/qd/pig --resimplify-epsilon 6\n" in card
+    rc, out = run_card(monkeypatch, tmp_path / "plain", [report(1, 7, 2)])
+    assert rc == 0 and "resimplify" not in out.read_text()
 
 
 def test_two_stage_card_picks_stage_two_best_and_shows_both_commands(monkeypatch, tmp_path):

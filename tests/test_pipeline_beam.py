@@ -337,6 +337,27 @@ def test_npz_input_keeps_its_split(shared_data, tmp_path):
     np.testing.assert_array_equal(valid["strokes"][0, :len(sketch), 3], sketch[:, 2])
 
 
+def test_npz_input_resimplified_from_the_cli(tmp_path):
+    """--resimplify-epsilon: each npz sketch is RDP'd again (records.process_npz_sketch), the
+    metadata says so, and N_max is the longest sketch after it."""
+    line = np.array([[0, 0, 0], [10, 1, 0], [10, 0, 0], [10, 0, 0], [10, -1, 1], [5, 5, 0], [1, 0, 1]],
+                    dtype=np.int16)
+    bent = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 1]], dtype=np.int16)
+    path = tmp_path / "pig.npz"
+    arrays = {s: np.empty(2, dtype=object) for s in schema.SPLITS}
+    for arr in arrays.values():
+        arr[0], arr[1] = line, bent
+    np.savez(path, **arrays)
+    out = tmp_path / "out"
+    assert cli.main(["--input", str(path), "--output", str(out), "--resimplify-epsilon", "1.5"]
+                    + IN_MEMORY) == 0
+    meta = schema.read_metadata(str(out))
+    assert meta["resimplify_epsilon"] == 1.5 and meta["counts"] == {s: 2 for s in schema.SPLITS}
+    assert meta["longest_sketch"] == 4
+    valid = _read_split(out, "valid", meta["max_seq_len"])
+    assert sorted(valid["length"].tolist()) == [3, 4]
+
+
 def test_streaming_cli_checks_its_inputs(tmp_path, capsys):
     base = ["--streaming", "--pubsub-topic", "projects/p/topics/t", "--output", str(tmp_path / "o")]
     assert cli.main(base + ["--metadata-from", str(tmp_path / "missing")]) == 2

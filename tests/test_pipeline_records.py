@@ -1,5 +1,6 @@
 """Per-record functions of the preprocessing job (pipeline/records.py), without a Beam runner."""
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -211,6 +212,35 @@ def test_npz_sketches_keep_their_split_and_bad_entries_are_rejected():
     assert R.process_record(R.NpzSketch("k", "w", "valid", good), R.Config(max_seq_len=2)).reason == "too_long"
     bad = list(R.iter_npz("x.npz", b"not an npz"))
     assert len(bad) == 1 and bad[0].reason == "bad_npz_sketch" and bad[0].kind == R.DEAD_LETTER
+
+
+def test_resimplify_epsilon_shortens_npz_and_simplified_sketches():
+    # Five points on a line (one stroke) then a dot-like two-point stroke: RDP again at 1.0 keeps
+    # the line's two ends; with the default (0) the sketch is kept as it is.
+    line = np.array([[0, 0, 0], [10, 1, 0], [10, 0, 0], [10, 0, 0], [10, -1, 1], [5, 5, 0], [1, 0, 1]],
+                    dtype=np.int16)
+    record = R.NpzSketch("k", "pig", "train", line)
+    np.testing.assert_array_equal(R.process_record(record, R.Config(max_seq_len=10)).strokes3, line)
+    short = R.process_record(record, R.Config(max_seq_len=10, resimplify_epsilon=1.0))
+    np.testing.assert_array_equal(short.strokes3, [[0, 0, 0], [40, 0, 1], [5, 5, 0], [1, 0, 1]])
+    # Too long as it came, short enough once re-simplified: kept; still too long: dead-lettered.
+    assert isinstance(R.process_record(record, R.Config(max_seq_len=4, resimplify_epsilon=1.0)),
+                      R.Drawing)
+    too_long = R.process_record(record, R.Config(max_seq_len=3, resimplify_epsilon=1.0))
+    assert too_long.reason == "too_long" and "--resimplify-epsilon" in too_long.detail
+    # Simplified ndjson (absolute points per stroke) the same way.
+    drawing = [[[0, 10, 20, 30, 40], [0, 0, 1, 0, 0]], [[45, 46], [5, 5]]]
+    kept = R.process_line(_line(drawing), dataclasses.replace(CFG, resimplify_epsilon=1.0))
+    np.testing.assert_array_equal(kept.strokes3, [[0, 0, 0], [40, 0, 1], [5, 5, 0], [1, 0, 1]])
+    assert len(R.process_line(_line(drawing), CFG).strokes3) == 7
+    # Raw drawings: simplified at rdp_epsilon first, then again (a gentle arc loses its middle).
+    arc = [[[0, 50, 100, 150, 200, 250], [0, 6, 9, 9, 6, 0], [0, 1, 2, 3, 4, 5]]]
+    assert len(R.process_line(_line(arc), CFG).strokes3) > 2
+    np.testing.assert_array_equal(
+        R.process_line(_line(arc), dataclasses.replace(CFG, resimplify_epsilon=20.0)).strokes3,
+        [[0, 0, 0], [255, 0, 1]])
+    with pytest.raises(ValueError, match="resimplify_epsilon"):
+        R.Config(resimplify_epsilon=-1.0)
 
 
 def test_stroke_values_must_be_plain_numbers():

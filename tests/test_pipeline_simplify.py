@@ -95,6 +95,34 @@ def test_to_stroke3_hand_case():
     assert s3.dtype == np.float32
 
 
+def test_resimplify_stroke3_keeps_exact_points_of_each_stroke():
+    # Stroke 1: (1, 2) -> (3, 2) -> (5, 2.5) -> (5, 6); at epsilon 1 the middle point (3, 2) goes
+    # (0.25 from the chord), the corner stays. Stroke 2: a 2-point stroke keeps both ends.
+    s3 = np.array([[1, 2, 0], [2, 0, 0], [2, 0.5, 0], [0, 3.5, 1], [-4, 0, 0], [1, 1, 1]], np.float32)
+    out = S.resimplify_stroke3(s3, 1.0)
+    np.testing.assert_array_equal(out, [[1, 2, 0], [4, 0.5, 0], [0, 3.5, 1], [-4, 0, 0], [1, 1, 1]])
+    assert out.dtype == np.float32
+    # Random sketches: the kept points are the brute-force RDP's, at the same absolute positions;
+    # a last row without pen_lifted still ends a stroke.
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        lengths = rng.integers(2, 40, size=rng.integers(1, 5))
+        raw = np.round(rng.normal(size=(lengths.sum(), 3)) * 8)
+        raw[:, 2] = 0
+        raw[np.cumsum(lengths) - 1, 2] = 1
+        if rng.random() < 0.5:
+            raw[-1, 2] = 0
+        eps = rng.uniform(0.5, 6.0)
+        out = S.resimplify_stroke3(raw, eps)
+        xy = np.cumsum(raw[:, :2], axis=0)
+        expected, offset = [], 0
+        for n in lengths:
+            expected += [xy[offset + i] for i in _rdp_reference(xy[offset:offset + n], eps)]
+            offset += n
+        np.testing.assert_allclose(np.cumsum(out[:, :2], axis=0), expected, atol=1e-4)
+        assert out[:, 2].sum() == len(lengths) and out[-1, 2] == 1
+
+
 def _pairs(shared_data, max_files):
     simplified = {}
     for path in sorted((shared_data / "quickdraw_simplified").glob("*.ndjson"))[:max_files]:

@@ -97,7 +97,7 @@ function rdp(points, epsilon) {
   return left.slice(0, -1).concat(rdp(points.slice(index), epsilon));
 }
 
-function toStroke3(strokes, maxLen) {
+function toStroke3(strokes, maxLen, resimplify) {
   // Align to the top-left, scale to max 255, simplify, round; offsets from the previous point
   // (the first from the origin); pen_lifted = 1 on the last point of each stroke.
   const all = strokes.flat();
@@ -110,7 +110,9 @@ function toStroke3(strokes, maxLen) {
     const rows = [];
     let px = 0, py = 0;
     for (const stroke of scaled) {
-      const simple = rdp(stroke, epsilon).map(([x, y]) => [Math.round(x), Math.round(y)]);
+      let simple = rdp(stroke, epsilon).map(([x, y]) => [Math.round(x), Math.round(y)]);
+      // The model's training data was simplified again at this tolerance (--resimplify-epsilon).
+      if (resimplify > 0) simple = rdp(simple, resimplify);
       if (simple.length === 1) simple.push(simple[0]);
       simple.forEach(([x, y], i) => {
         rows.push([x - px, y - py, i === simple.length - 1 ? 1 : 0]);
@@ -234,7 +236,7 @@ function slerp(z0, z1, t) {
 // --- buttons ---
 
 function currentDrawing() {
-  const rows = toStroke3(state.strokes, state.config.max_seq_len);
+  const rows = toStroke3(state.strokes, state.config.max_seq_len, state.config.resimplify_epsilon || 0);
   if (!rows || rows.length < 2) throw new Error("draw something first (at least one stroke)");
   return rows;
 }
