@@ -190,10 +190,8 @@ def simplify(xy: np.ndarray, stroke_lengths: np.ndarray, epsilon: float = DEFAUL
     """
     scaled = align_and_scale(xy)
     res, res_lengths = resample(scaled, stroke_lengths, max_points=max_resampled)
-    keep = rdp_keep_mask(res, res_lengths, epsilon, max_work=max_rdp_work)
-    stroke_of = np.repeat(np.arange(res_lengths.size), res_lengths)
-    new_lengths = np.bincount(stroke_of[keep], minlength=res_lengths.size)
-    return np.round(res[keep]).astype(np.int32), new_lengths.astype(np.int64)
+    kept, new_lengths = rdp_points(res, res_lengths, epsilon, max_work=max_rdp_work)
+    return np.round(kept).astype(np.int32), new_lengths
 
 
 def to_stroke3(xy: np.ndarray, stroke_lengths: np.ndarray) -> np.ndarray:
