@@ -83,10 +83,11 @@ class HParams:
     # losses.per_example_reconstruction_loss). 0: every row of the trimmed batch runs. 16, not 2:
     # with 2, validation L_p (over all N_max rows) was 0.011 higher at step 200 on aaron_sheep.
     decoder_end_rows: int = 16
-    # Group sketches of similar length into a batch (training only; then trimmed): ~1.6x faster
-    # on aaron_sheep, but batches are no longer random in length as in the reference, and that
-    # learns slower per step (aaron_sheep, paper preset, step 200: valid L_R +0.04, KL about half
-    # the reference's), so it is off by default.
+    # Group sketches of similar length into a batch (training only; then trimmed): 1.6x faster
+    # on aaron_sheep on an AVX2-only AMD CPU, no faster on an Intel Xeon with AVX-512/AMX (the
+    # fused kernel already skips the padding rows; README, Benchmarks), and batches are no longer
+    # random in length as in the reference, which learns slower per step (aaron_sheep, paper
+    # preset, step 200: valid L_R +0.04, KL about half the reference's), so it is off by default.
     bucket_batches: bool = False
     jit_compile: bool = False  # XLA-compile the training step.
     precision: str = "auto"  # One of PRECISIONS; mixture math always stays float32.
