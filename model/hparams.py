@@ -80,8 +80,10 @@ class HParams:
     # With trim_batches: the decoder runs each sketch only to its end + this many end-of-sketch
     # rows (the fused kernel skips the rest; its state is frozen after them), and the pen loss of
     # the last row run stands for every padding row after it up to N_max (see
-    # losses.per_example_reconstruction_loss). 0: every row of the trimmed batch runs. 16, not 2:
-    # with 2, validation L_p (over all N_max rows) was 0.011 higher at step 200 on aaron_sheep.
+    # losses.per_example_reconstruction_loss). Validation stops the decoder at the same rows, so it
+    # measures the model as trained. 0: every row of the trimmed batch runs. 16, not 2: with 2,
+    # validation L_p (over all N_max rows, the decoder left to run on: before 2026-12-06) was 0.011
+    # higher at step 200 on aaron_sheep.
     decoder_end_rows: int = 16
     # Group sketches of similar length into a batch (training only; then trimmed): 1.6x faster
     # on aaron_sheep on an AVX2-only AMD CPU, no faster on an Intel Xeon with AVX-512/AMX (the

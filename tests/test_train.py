@@ -314,6 +314,49 @@ def test_trimming_changes_speed_not_the_loss(tmp_path, sample_dir):
     assert abs(got["default"]["l_p"] - padded) < 0.15 * padded
 
 
+def test_validation_measures_the_decoder_as_trained(tmp_path, sample_dir):
+    """With decoder_end_rows, training stops each sketch's decoder that many rows after its end and
+    counts the last row's pen loss for every padding row after it up to N_max. Validation measures
+    that model: its L_p (over all N_max rows) is that sum, computed here from the first
+    len + decoder_end_rows rows of a decoder run over all rows, so rows no step trained do not
+    count. With trim_batches=false (every row trained), the plain sum over all N_max rows, as the
+    reference. Unconditional, so no z is drawn and the numbers repeat exactly."""
+    import tensorflow as tf
+    from model import losses
+    from model.hparams import HParams
+    from trainer import input as input_lib
+    from trainer.train import load_trained_model, train_and_evaluate
+
+    write_dataset(tmp_path / "d", sample_sketches(sample_dir, limit=80), shards=1)
+    base = HParams.preset("tiny").replace(conditional=False, batch_size=8, decoder_end_rows=2,
+                                          augment_stroke_prob=0.0, random_scale_factor=0.0)
+    for name, hps in (("trimmed", base), ("padded", base.replace(trim_batches=False))):
+        run = tmp_path / name
+        train_and_evaluate(str(tmp_path / "d"), str(run), hps, 30, "one_device", checkpoint_every=30,
+                           eval_every=30, log_every=30, export=False, test_at_end=False,
+                           log=lambda s: None)
+        logged = [m for m in _metrics(run) if m["split"] == "valid"][-1]
+        model, _, metadata = load_trained_model(str(run))
+        n_max = metadata["max_seq_len"]
+        full, as_trained, count = 0.0, 0.0, 0
+        for batch in input_lib.make_dataset(str(tmp_path / "d"), "valid", hps.replace(trim_batches=False),
+                                            metadata, 8, False):
+            assert batch["strokes"].shape[1] == n_max
+            out = model(batch, training=False)["outputs"]  # Every row run.
+            rows = tf.minimum(batch["lengths"] + hps.decoder_end_rows, n_max)
+            full += float(tf.reduce_sum(losses.per_example_reconstruction_loss(
+                batch["strokes"], out, hps.num_mixture, max_seq_len=n_max)[1]))
+            as_trained += float(tf.reduce_sum(losses.per_example_reconstruction_loss(
+                batch["strokes"], out, hps.num_mixture, max_seq_len=n_max, run_lengths=rows)[1]))
+            count += int(batch["lengths"].shape[0])
+        full, as_trained = full / count, as_trained / count
+        if name == "trimmed":
+            assert abs(full - as_trained) > 1e-3 * full  # The untrained rows do differ here...
+            assert logged["l_p"] == pytest.approx(as_trained, rel=1e-5)  # ...and are not counted.
+        else:
+            assert logged["l_p"] == pytest.approx(full, rel=1e-5)
+
+
 def _check_tensorboard(model_dir):
     """The event files, read back with TensorBoard's own reader: the train scalars are the values of
     metrics.jsonl, validation has its own run, the sample grid is a PNG the images plugin shows."""
