@@ -164,7 +164,8 @@ def test_training_step_kl_weight_lr_schedule_and_evaluation_without_dropout(data
     assert not np.allclose(lr_at(1, hps), lr_at(0, hps), rtol=0.1)  # The schedule is visible.
 
     # The test-split evaluation at the end (step 2): every test sketch (the partial last batch
-    # too), padded to N_max, training=False (dropout 0.5 would change it), L_s and L_p / N_max.
+    # too), padded to N_max, training=False (dropout 0.5 would change it), L_s and L_p / N_max,
+    # with the decoder stopped where training stops it (each sketch's end + decoder_end_rows).
     (test,) = [m for m in metrics(run_dir) if m["split"] == "test"]
     assert test["step"] == 2
     kept = [x for x in sketches if len(x) >= 2]
@@ -172,7 +173,9 @@ def test_training_step_kl_weight_lr_schedule_and_evaluation_without_dropout(data
     assert len(test_split) % hps.batch_size  # ...whose last batch is a partial one
     scale, n_max = metadata["scale_factor"], schema.n_max(metadata)
     strokes = np.stack([stroke3_to_stroke5(x / [scale, scale, 1], n_max) for x in test_split])
-    out = two.model({"strokes": tf.constant(strokes), "lengths": tf.constant([len(x) for x in test_split])},
+    lengths = np.array([len(x) for x in test_split], np.int32)
+    out = two.model({"strokes": tf.constant(strokes), "lengths": tf.constant(lengths),
+                     "decoder_lengths": tf.constant(np.minimum(lengths + hps.decoder_end_rows, n_max))},
                     training=False)
     l_s, l_p = np_reconstruction(strokes, out["outputs"].numpy(), hps.num_mixture)
     assert test["l_s"] == pytest.approx(l_s, rel=1e-4)
