@@ -324,6 +324,7 @@ def test_validation_measures_the_decoder_as_trained(tmp_path, sample_dir):
     import tensorflow as tf
     from model import losses
     from model.hparams import HParams
+    from pipeline import schema
     from trainer import input as input_lib
     from trainer.train import load_trained_model, train_and_evaluate
 
@@ -337,7 +338,7 @@ def test_validation_measures_the_decoder_as_trained(tmp_path, sample_dir):
                            log=lambda s: None)
         logged = [m for m in _metrics(run) if m["split"] == "valid"][-1]
         model, _, metadata = load_trained_model(str(run))
-        n_max = metadata["max_seq_len"]
+        n_max = schema.n_max(metadata)
         full, as_trained, count = 0.0, 0.0, 0
         for batch in input_lib.make_dataset(str(tmp_path / "d"), "valid", hps.replace(trim_batches=False),
                                             metadata, 8, False):
