@@ -153,6 +153,18 @@ def test_preprocess_train_export_load_sample(tmp_path, sample_dir):
     assert json.loads((version_dir / "assets.extra" / "metadata.json").read_text()) == {
         **meta, "n_max": meta["longest_sketch"]}
 
+    # ... and with `--weights float16`: the kernels stored as float16, about half the bytes.
+    proc = sketch_rnn("export", "--model-dir", model_dir, "--export-dir", export_base, "--version", 2,
+                      "--weights", "float16", cwd=tmp_path)
+    half_dir = pathlib.Path(proc.stdout.strip().splitlines()[-1])
+    import tensorflow as tf
+
+    saved = {str(d.name) for d in tf.train.load_checkpoint(
+        str(half_dir / "variables" / "variables")).get_variable_to_dtype_map().values()}
+    assert saved == {"float16", "float32", "string"}  # The string: the object graph.
+    size = {d: sum(f.stat().st_size for f in (d / "variables").glob("*.data-*")) for d in (version_dir, half_dir)}
+    assert size[half_dir] < 0.6 * size[version_dir]
+
     # 4. A fresh process with only TensorFlow loads it and samples.
     out = run_script(tmp_path, "load", LOAD_SCRIPT, version_dir, project=False)
     assert out["project_modules"] == []

@@ -209,3 +209,63 @@ def test_saved_model_cli_runs_serving_default(export, tf2_outputs):
     assert found, proc.stdout[-2000:]
     assert [int(x) for x in found.group(1).split()] == tf2_outputs["sample"]["lengths"].tolist()
     assert "Result for output key strokes:" in proc.stdout
+
+
+def _saved_dtypes(path: str) -> dict[str, str]:
+    reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    return {k: v.name for k, v in reader.get_variable_to_dtype_map().items()
+            if k != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+def _data_bytes(path: str) -> int:
+    folder = os.path.join(path, "variables")
+    return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if ".data-" in f)
+
+
+def test_float16_export_stores_kernels_as_float16_and_serves_as_the_float32_one(export, tf2_outputs,
+                                                                                tmp_path):
+    """`weights="float16"`: each kernel saved once, as float16 (the float32 copy not at all), the
+    rest float32; the session loader restores and runs it as the TF2 loader does; the signatures'
+    dtypes are unchanged and the latent statistics are the float32 export's up to the rounding."""
+    path32, hps, model = export
+    metadata = {"format_version": 1, "scale_factor": 10.0, "max_seq_len": MAX_SEQ_LEN, "classes": ["cat"]}
+    path16 = export_saved_model(model, hps, metadata, str(tmp_path), version=1, weights="float16")
+
+    dtypes = _saved_dtypes(path16)
+    kernels = [w for w in model.weights if len(w.shape) >= 2]
+    assert len(dtypes) == len(model.weights)
+    assert sorted(dtypes.values()) == sorted(["float16"] * len(kernels)
+                                             + ["float32"] * (len(model.weights) - len(kernels)))
+    assert set(_saved_dtypes(path32).values()) == {"float32"}
+    n16 = sum(int(np.prod(w.shape)) for w in kernels)
+    assert _data_bytes(path32) - _data_bytes(path16) == pytest.approx(2 * n16, rel=0.02)
+
+    inputs = _inputs(hps.z_size)
+    loaded = tf.saved_model.load(path16)
+    tf2 = {name: {k: v.numpy() for k, v in loaded.signatures[name](
+        **{k: tf.constant(v) for k, v in feed.items()}).items()} for name, feed in inputs.items()}
+    with _xla_compilation_disabled():
+        _, got = _run_session_loader(path16, inputs)
+    for name, want in tf2.items():
+        for key, value in want.items():
+            assert value.dtype == tf2_outputs[name][key].dtype, f"{name}.{key}"
+            np.testing.assert_allclose(got[name][key], value, rtol=1e-5, atol=1e-5, err_msg=f"{name}.{key}")
+    for key in ("mu", "sigma"):
+        np.testing.assert_allclose(tf2["encode"][key], tf2_outputs["encode"][key], rtol=1e-2, atol=1e-4)
+        assert not np.array_equal(tf2["encode"][key], tf2_outputs["encode"][key])  # Rounded, not the same.
+    for name, num in (("sample", 3), ("complete", 2), ("decode", 2)):
+        _assert_valid(got[name]["strokes"], got[name]["lengths"], num, MAX_SEQ_LEN)
+
+
+def test_float16_export_refuses_weights_float16_cannot_hold(tmp_path):
+    hps = HParams.preset("tiny")
+    model = SketchRNN(hps, max_seq_len=MAX_SEQ_LEN)
+    model({"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2])}, training=False)
+    kernel = next(w for w in model.weights if len(w.shape) >= 2)
+    kernel.assign(tf.fill(kernel.shape, 1e5))
+    metadata = {"format_version": 1, "scale_factor": 10.0, "max_seq_len": MAX_SEQ_LEN, "classes": ["cat"]}
+    with pytest.raises(ValueError, match="float16 cannot store.*--weights float32"):
+        export_saved_model(model, hps, metadata, str(tmp_path), version=1, weights="float16")
+    assert not (tmp_path / "1").exists()
+    with pytest.raises(ValueError, match="weights must be one of"):
+        export_saved_model(model, hps, metadata, str(tmp_path), version=1, weights="bfloat16")

@@ -10,15 +10,23 @@ normalization by the data's scale factor and stroke-3 <-> stroke-5 happen inside
      (the returned strokes start with the given prefix)
 Unconditional models export serving_default, sample and complete only. Rows from `lengths[i]` on
 are zeros; the last real row has pen_lifted = 1.
+
+`weights="float16"` stores the kernels (every float32 weight of two or more dimensions: the LSTM
+and head matrices, nearly all the bytes) as float16 variables, about half the export's size; the
+signatures cast them back to float32 and compute as before (inputs and outputs unchanged), so
+only the stored values are rounded (relative error at most 2^-11).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from typing import Any
 
+import keras
+import numpy as np
 import tensorflow as tf
 
 from model.hparams import HParams
@@ -47,6 +55,27 @@ def stroke5_to_stroke3_tf(strokes5: tf.Tensor, lengths: tf.Tensor, scale: float)
     return tf.where((idx < lengths[:, None])[..., None], rows, 0.0)
 
 
+WEIGHT_DTYPES = ("float32", "float16")
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def stored_kernels(model) -> list[tuple[Any, tf.Variable]]:
+    """(model weight, float16 variable holding its rounded values) for each float32 weight of two
+    or more dimensions. Raises ValueError if one holds a value float16 cannot represent."""
+    pairs = []
+    for w in model.weights:
+        if w.dtype != "float32" or len(w.shape) < 2:
+            continue
+        value = np.asarray(w.numpy())
+        if not np.all(np.isfinite(value)) or np.abs(value).max(initial=0.0) > _FLOAT16_MAX:
+            raise ValueError(f"weight {w.path} holds values float16 cannot store (largest magnitude "
+                             f"{np.abs(value).max():.4g}, float16's {_FLOAT16_MAX:g}): export it "
+                             f"with float32 weights (--weights float32, the default)")
+        name = w.path.replace("/", "_") + "_float16"
+        pairs.append((w, tf.Variable(value.astype(np.float16), trainable=False, name=name)))
+    return pairs
+
+
 class _Held:
     """A plain holder: what it holds stays out of the SavedModel's object graph."""
 
@@ -70,11 +99,19 @@ class SketchModule(tf.Module):
     and the same seed gives other sketches than without XLA. Off by default: TF Serving's
     model server disables XLA on CPU unless started with `--xla_cpu_compilation_enabled`, and
     such signatures then fail on their first request.
+
+    `weights`: "float32" (the functions read the model's variables) or "float16" (they read
+    float16 copies of its kernels, cast to float32 through a `keras.StatelessScope`; the model's
+    own float32 kernels are then neither read nor saved; see `stored_kernels`).
     """
 
-    def __init__(self, model, hps: HParams, metadata: dict[str, Any], xla: bool = False):
+    def __init__(self, model, hps: HParams, metadata: dict[str, Any], xla: bool = False,
+                 weights: str = "float32"):
         super().__init__(name="sketch_rnn")
+        if weights not in WEIGHT_DTYPES:
+            raise ValueError(f"weights must be one of {WEIGHT_DTYPES}, got {weights!r}")
         self._held = _Held(model)
+        self._stored = _Held(stored_kernels(model) if weights == "float16" else [])
         self.scale = float(metadata["scale_factor"])
         self.max_len = schema.n_max(metadata)  # Sampling runs at most N_max steps.
         self.conditional = hps.conditional
@@ -116,47 +153,64 @@ class SketchModule(tf.Module):
             for v in fn.get_concrete_function().variables:
                 captured.setdefault(id(v), v)
         order = {id(w.value): i for i, w in enumerate(self.model.weights)}
+        order.update({id(v): order[id(w.value)] for w, v in self._stored.value})  # At their weight's place.
         self.serving_variables = sorted(captured.values(), key=lambda v: order.get(id(v), len(order)))
         return list(self.serving_variables)
+
+    @contextlib.contextmanager
+    def _weights(self):
+        """Inside: the model reads its float16-stored kernels, cast to float32 (nothing without)."""
+        if not self._stored.value:
+            yield
+            return
+        with keras.StatelessScope(state_mapping=[(w, tf.cast(v, w.dtype)) for w, v in self._stored.value]):
+            yield
 
     def _out(self, strokes5, lengths):
         lengths = tf.cast(lengths, tf.int32)
         return {"strokes": stroke5_to_stroke3_tf(strokes5, lengths, self.scale), "lengths": lengths}
 
     def _sample(self, num, temperature, seed):
-        strokes5, lengths = self.model.sample(num, temperature, seed, max_len=self.max_len)
+        with self._weights():
+            strokes5, lengths = self.model.sample(num, temperature, seed, max_len=self.max_len)
         return self._out(strokes5, lengths)
 
     def _complete(self, strokes, lengths, num, temperature, seed):
         prefix = stroke3_to_stroke5_tf(strokes, lengths, self.scale)
-        strokes5, out_lengths = self.model.complete(prefix, lengths, num, temperature, seed,
-                                                    max_len=self.max_len)
+        with self._weights():
+            strokes5, out_lengths = self.model.complete(prefix, lengths, num, temperature, seed,
+                                                        max_len=self.max_len)
         return self._out(strokes5, out_lengths)
 
     def _encode(self, strokes, lengths):
-        mu, sigma_hat = self.model.encode(stroke3_to_stroke5_tf(strokes, lengths, self.scale), lengths)
+        with self._weights():
+            mu, sigma_hat = self.model.encode(stroke3_to_stroke5_tf(strokes, lengths, self.scale), lengths)
         return {"mu": tf.cast(mu, tf.float32), "sigma": tf.exp(tf.cast(sigma_hat, tf.float32) / 2.0)}
 
     def _decode(self, z, temperature, seed):
-        strokes5, lengths = self.model.sample(tf.shape(z)[0], temperature, seed, z=z, max_len=self.max_len)
+        with self._weights():
+            strokes5, lengths = self.model.sample(tf.shape(z)[0], temperature, seed, z=z,
+                                                  max_len=self.max_len)
         return self._out(strokes5, lengths)
 
 
 def export_saved_model(model, hps: HParams, metadata: dict[str, Any], export_base_dir: str,
-                       version: int | None = None, xla: bool = False) -> str:
+                       version: int | None = None, xla: bool = False, weights: str = "float32") -> str:
     """Writes `export_base_dir/<version>/` (saved_model.pb, variables/, assets.extra/{hparams,metadata}.json).
 
     `version` defaults to the current Unix time in seconds (TF Serving serves the highest).
     Signatures: serving_default (= sample), sample, complete, and for conditional models encode and
     decode; the TF1 session loader (TF Serving, `saved_model_cli run`) restores and runs each.
     `xla`: XLA-compile `sample` and `decode` (see SketchModule; TF Serving needs
-    `--xla_cpu_compilation_enabled` for those on CPU). Returns the version directory.
+    `--xla_cpu_compilation_enabled` for those on CPU). `weights`: "float32" (default) or
+    "float16" (kernels stored as float16, about half the size; see SketchModule). Returns the
+    version directory.
     """
     version = int(version if version is not None else time.time())
     path = os.path.join(export_base_dir, str(version))
     if tf.io.gfile.exists(path):
         raise FileExistsError(f"{path} exists: choose another --version or export dir")
-    module = SketchModule(model, hps, metadata, xla=xla)
+    module = SketchModule(model, hps, metadata, xla=xla, weights=weights)
     module.track_variables()
     tf.saved_model.save(module, path, signatures=module.signature_functions())
     extra = os.path.join(path, "assets.extra")

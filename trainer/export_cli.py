@@ -16,6 +16,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="latest",
                    help="'latest' (default), 'best' (lowest validation cost) or a checkpoint path")
     p.add_argument("--version", type=int, default=None, help="version number (default: Unix time)")
+    p.add_argument("--weights", choices=("float32", "float16"), default="float32",
+                   help="how the weights are stored: float32 (default) or float16 (the kernels "
+                        "rounded to float16, about half the size; the signatures still compute "
+                        "in float32 and take and return float32)")
     xla = p.add_mutually_exclusive_group()
     xla.add_argument("--xla", dest="xla", action="store_true", default=False,
                      help="XLA-compile the sample/decode signatures: about 3x faster sampling of one "
@@ -33,7 +37,8 @@ def main(argv: list[str]) -> int:
     try:
         model, hps, metadata = load_trained_model(
             args.model_dir, None if args.checkpoint == "latest" else args.checkpoint)
-        path = export_saved_model(model, hps, metadata, args.export_dir, args.version, xla=args.xla)
+        path = export_saved_model(model, hps, metadata, args.export_dir, args.version, xla=args.xla,
+                                  weights=args.weights)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"sketch-rnn export: {e}", file=sys.stderr)
         return 1
