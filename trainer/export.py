@@ -157,14 +157,12 @@ class SketchModule(tf.Module):
         self.serving_variables = sorted(captured.values(), key=lambda v: order.get(id(v), len(order)))
         return list(self.serving_variables)
 
-    @contextlib.contextmanager
     def _weights(self):
-        """Inside: the model reads its float16-stored kernels, cast to float32 (nothing without)."""
+        """A context inside which the model reads its float16-stored kernels, cast to float32
+        (a no-op context without them)."""
         if not self._stored.value:
-            yield
-            return
-        with keras.StatelessScope(state_mapping=[(w, tf.cast(v, w.dtype)) for w, v in self._stored.value]):
-            yield
+            return contextlib.nullcontext()
+        return keras.StatelessScope(state_mapping=[(w, tf.cast(v, w.dtype)) for w, v in self._stored.value])
 
     def _out(self, strokes5, lengths):
         lengths = tf.cast(lengths, tf.int32)
