@@ -140,10 +140,12 @@ class SketchRNN(keras.Model):
     # --- pieces -----------------------------------------------------------------------
 
     def encode(self, strokes: tf.Tensor, lengths: tf.Tensor, training: bool = False):
-        """stroke-5 `[B, T, 5]` (S_1..S_T) + lengths `[B]` -> (mu, sigma_hat) `[B, Z]`."""
+        """stroke-5 `[B, T, 5]` (S_1..S_T) + lengths `[B]` -> (mu, sigma_hat) `[B, Z]` float32
+        (under a mixed precision policy too, like z drawn from them)."""
         if not self.hps.conditional:
             raise ValueError("an unconditional model has no encoder")
-        return self.encoder(tf.cast(strokes, tf.float32), lengths, training=training)
+        mu, sigma_hat = self.encoder(tf.cast(strokes, tf.float32), lengths, training=training)
+        return tf.cast(mu, tf.float32), tf.cast(sigma_hat, tf.float32)
 
     def initial_decoder_state(self, z: tf.Tensor | None, batch: tf.Tensor):
         """(h, c) `[B, H]`: tanh(W z + b) split into (c, h) as the reference; zeros if unconditional."""

@@ -443,14 +443,25 @@ def test_completion_keeps_the_prefix():
 
 
 def test_mixed_precision_outputs_stay_float32():
+    """Under mixed_bfloat16 (what training picks on AMX CPUs) the outputs, encode's (mu, sigma_hat)
+    and the sampled sketches are float32, and complete (which draws z from encode's outputs and
+    float32 noise, as the export's `complete` signature does) runs."""
     import keras
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         model, _ = _model(precision="mixed_bfloat16")
-        out = model({"strokes": tf.random.normal([2, 5, 5]), "lengths": tf.constant([5, 2])}, training=True)
+        x = {"strokes": tf.random.normal([2, 5, 5]), "lengths": tf.constant([5, 2])}
+        out = model(x, training=True)
         assert out["outputs"].dtype == tf.float32
         assert model.decoder.compute_dtype == "bfloat16"
         assert np.all(np.isfinite(out["outputs"]))
+        mu, sigma_hat = model.encode(x["strokes"], x["lengths"])
+        assert mu.dtype == sigma_hat.dtype == tf.float32
+        strokes, lengths = model.complete(x["strokes"][:1], tf.constant([3]), 2, 0.5, 1)
+        assert strokes.dtype == tf.float32 and strokes.shape == (2, 30, 5)
+        assert np.all(np.isfinite(strokes)) and np.all(lengths.numpy() >= 3)
+        strokes, lengths = model.sample(2, 0.5, 1)
+        assert_valid_stroke5(strokes, lengths, 30)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
