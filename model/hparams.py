@@ -13,7 +13,10 @@ import json
 import typing
 from typing import Any, Iterable, Mapping
 
-CELL_TYPES = ("lstm", "layer_norm")
+CELL_TYPES = ("lstm", "layer_norm", "hyper")
+# The encoder's cells: the reference also offers a HyperLSTM encoder, not implemented here (its
+# default encoder, and the paper's, is the plain LSTM).
+ENCODER_CELL_TYPES = ("lstm", "layer_norm")
 # "auto": the fused CPU kernel for training where it applies (CPU only, plain cell, float32) and
 # builds; "fused": the same, an error where it cannot run; "loop": TensorFlow's while loop.
 LSTM_KERNELS = ("auto", "fused", "loop")
@@ -35,8 +38,8 @@ class HParams:
     dec_rnn_size: int = 512  # Units of the decoder LSTM.
     z_size: int = 128  # Latent dimension.
     num_mixture: int = 20  # M, components of the Gaussian mixture over (dx, dy).
-    enc_model: str = "lstm"  # One of CELL_TYPES.
-    dec_model: str = "lstm"  # One of CELL_TYPES.
+    enc_model: str = "lstm"  # One of ENCODER_CELL_TYPES.
+    dec_model: str = "lstm"  # One of CELL_TYPES ("hyper": the reference's HyperLSTM, 256 hyper units).
     # Not in the reference (off by default): the decoder also reads the pen's position, the running
     # sum of the offsets drawn so far (normalized units, (0, 0) at S_0), beside S_{i-1}, so where a
     # part goes (a snout inside a head) does not rest on the LSTM summing ~100 offsets itself.
@@ -127,9 +130,12 @@ class HParams:
                      "dec_input_noise"):
             if getattr(self, name) < 0:
                 errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("enc_model", "dec_model"):
-            if getattr(self, name) not in CELL_TYPES:
-                errors.append(f"{name} must be one of {CELL_TYPES}, got {getattr(self, name)!r}")
+        if self.dec_model not in CELL_TYPES:
+            errors.append(f"dec_model must be one of {CELL_TYPES}, got {self.dec_model!r}")
+        if self.enc_model not in ENCODER_CELL_TYPES:
+            errors.append(f"enc_model must be one of {ENCODER_CELL_TYPES}, got {self.enc_model!r}"
+                          + (" (a HyperLSTM encoder is not implemented; dec_model=hyper is)"
+                             if self.enc_model == "hyper" else ""))
         if self.decoder_end_rows < 0:
             errors.append(f"decoder_end_rows must be >= 0, got {self.decoder_end_rows}")
         if self.rnn_batch_splits < 0:

@@ -1,9 +1,11 @@
 """LSTM layers for sketch-rnn: one set of weights for whole sequences and for single steps.
 
-`LSTM` implements the three cells the reference offers through one layer:
+`LSTM` implements two of the reference's cells through one layer, `HyperLSTM` the third:
   * plain LSTM (default);
   * layer-normalized LSTM (`layer_norm=True`, Ba et al. 2016, as the reference's
     LayerNormLSTMCell: each gate pre-activation and the new cell are normalized);
+  * HyperLSTM (Ha et al. 2016, as the reference's HyperLSTMCell with its defaults: a small
+    layer-norm LSTM reads [x; h] and rescales the main cell's gate pre-activations every step);
   * recurrent dropout on the cell candidate, "without memory loss" (Semeniuta et al. 2016):
     c_t = f * c_{t-1} + i * dropout(g), a fresh mask every step, training only.
 
@@ -103,15 +105,36 @@ class LSTM(keras.layers.Layer):
 
     # --- the math ---------------------------------------------------------------------
 
+    @property
+    def state_units(self) -> int:
+        """Width of h and of c in the state (H; `HyperLSTM` packs its hyper cell's state in too)."""
+        return self.units
+
+    @property
+    def _plain_cell(self) -> bool:
+        """The plain cell, which the fused CPU kernel and cuDNN also run."""
+        return not self.layer_norm
+
+    def input_kernel(self) -> tf.Tensor:
+        """`[D + static_size, G]` in the compute dtype: x W gives the input part of the step's
+        pre-activations (G = 4H here)."""
+        return tf.cast(self.kernel, self.compute_dtype)
+
+    def input_bias(self) -> tf.Tensor | None:
+        """`[G]` added to x W before the loop, or None (the layer-norm cell's shift is gate_beta)."""
+        return None if self.layer_norm else tf.cast(self.bias, self.compute_dtype)
+
+    def output(self, h: tf.Tensor) -> tf.Tensor:
+        """The layer's output `[..., H]` from a state's h (the same tensor here)."""
+        return h
+
     def project(self, x: tf.Tensor) -> tf.Tensor:
-        """Input part of the gate pre-activations: `[..., D]` -> `[..., 4H]` (x W + b)."""
-        dtype = self.compute_dtype
-        x = tf.cast(x, dtype)
-        k = tf.cast(self.kernel, dtype)
-        if self.layer_norm:  # The bias goes after the normalization (as beta).
-            return tf.matmul(x, k) if x.shape.rank == 2 else tf.einsum("btd,dg->btg", x, k)
-        b = tf.cast(self.bias, dtype)
-        return (tf.matmul(x, k) if x.shape.rank == 2 else tf.einsum("btd,dg->btg", x, k)) + b
+        """Input part of the step's pre-activations: `[..., D]` -> `[..., G]` (x W + b)."""
+        x = tf.cast(x, self.compute_dtype)
+        k = self.input_kernel()
+        xw = tf.matmul(x, k) if x.shape.rank == 2 else tf.einsum("btd,dg->btg", x, k)
+        bias = self.input_bias()
+        return xw if bias is None else xw + bias
 
     def cell_weights(self) -> dict[str, tf.Tensor]:
         """The step's weights read once (in the compute dtype), to pass into a loop: reading
@@ -133,6 +156,15 @@ class LSTM(keras.layers.Layer):
         return lstm_step(xw, h, c, weights if weights is not None else self.cell_weights(),
                          self.layer_norm, drop_mask)
 
+    def _cell(self, weights: dict[str, tf.Tensor]):
+        """The step for `scan`: (xw, h, c, drop_mask) -> (h, c)."""
+        layer_norm = self.layer_norm
+
+        def cell(xw, h, c, drop_mask):
+            return lstm_step(xw, h, c, weights, layer_norm, drop_mask)
+
+        return cell
+
     def call(self, inputs: tf.Tensor, initial_state: tuple[tf.Tensor, tf.Tensor] | None = None,
              lengths: tf.Tensor | None = None, training: bool = False,
              static_inputs: tf.Tensor | None = None):
@@ -153,12 +185,12 @@ class LSTM(keras.layers.Layer):
         inputs = tf.cast(inputs, dtype)
         batch = tf.shape(inputs)[0]
         if initial_state is None:
-            zeros = tf.zeros([batch, self.units], dtype)
+            zeros = tf.zeros([batch, self.state_units], dtype)
             initial_state = (zeros, zeros)
         h0, c0 = (tf.cast(s, dtype) for s in initial_state)
         use_dropout = bool(training) and self.recurrent_dropout > 0.0
-        if (not use_dropout and not self.layer_norm and self.compute_dtype == "float32"
-                and _gpu_available()):
+        plain = self._plain_cell
+        if not use_dropout and plain and self.compute_dtype == "float32" and _gpu_available():
             full = inputs
             if static_inputs is not None:
                 full = tf.concat([inputs, tf.broadcast_to(
@@ -167,28 +199,29 @@ class LSTM(keras.layers.Layer):
             result = self._cudnn(full, h0, c0, lengths)
             if result is not None:
                 return result
-        # x W of every step is [T, B, 4H]: built from time-major inputs (no [B, T, 4H] transpose),
-        # and the static inputs' part and the bias as one [B, 4H] row bias.
+        # x W of every step is [T, B, G]: built from time-major inputs (no [B, T, G] transpose),
+        # and the static inputs' part and the bias as one [B, G] row bias.
         x = tf.transpose(inputs, [1, 0, 2])  # [T, B, D]
         d = int(inputs.shape[-1])
-        kernel = tf.cast(self.kernel, dtype)
-        row_bias = tf.zeros([batch, 4 * self.units], dtype)
+        kernel = self.input_kernel()
+        row_bias = tf.zeros([batch, int(kernel.shape[-1])], dtype)
         if static_inputs is not None:
             row_bias = tf.matmul(tf.cast(static_inputs, dtype), kernel[d:])
-        if not self.layer_norm:  # The layer-norm cell's shift is gate_beta.
-            row_bias = row_bias + tf.cast(self.bias, dtype)
+        bias = self.input_bias()
+        if bias is not None:
+            row_bias = row_bias + bias
         weights = self.cell_weights()
         dropout = self.recurrent_dropout if use_dropout else 0.0
         # Training only: evaluation, sampling and exported signatures keep TensorFlow's own ops
         # (a SavedModel must load where the kernel was never built, e.g. in TF Serving).
-        if (self.fused_ops is not None and bool(training) and not self.layer_norm
-                and dtype == "float32"):
+        if self.fused_ops is not None and bool(training) and plain and dtype == "float32":
             outputs, state = fused_scan(self.fused_ops, x, h0, c0, weights["recurrent_kernel"],
                                         kernel[:d], row_bias, dropout, lengths)
             return tf.transpose(outputs, [1, 0, 2]), state
-        xw = tf.einsum("tbd,dg->tbg", x, kernel[:d]) + row_bias  # [T, B, 4H]
+        xw = tf.einsum("tbd,dg->tbg", x, kernel[:d]) + row_bias  # [T, B, G]
+        cell = self._cell(weights)
         if self.batch_splits == 1:
-            outputs, state = scan(xw, h0, c0, weights, self.layer_norm, dropout, lengths)
+            outputs, state = scan(xw, h0, c0, cell, dropout, lengths, self.units, self.output)
         else:
             # Independent loops over batch slices: the executor runs them concurrently, one per
             # inter-op thread. With one intra-op thread that beats one loop whose small per-step
@@ -196,7 +229,8 @@ class LSTM(keras.layers.Layer):
             sizes = _split_sizes(batch, self.batch_splits)
             pieces = zip(tf.split(xw, sizes, axis=1), tf.split(h0, sizes), tf.split(c0, sizes),
                          tf.split(lengths, sizes) if lengths is not None else [None] * self.batch_splits)
-            results = [scan(x, h, c, weights, self.layer_norm, dropout, n) for x, h, c, n in pieces]
+            results = [scan(x, h, c, cell, dropout, n, self.units, self.output)
+                       for x, h, c, n in pieces]
             outputs = tf.concat([r[0] for r in results], axis=1)
             state = tuple(tf.concat([r[1][k] for r in results], 0) for k in (0, 1))
         return tf.transpose(outputs, [1, 0, 2]), state
@@ -223,6 +257,146 @@ class LSTM(keras.layers.Layer):
         return {**super().get_config(), "units": self.units, "layer_norm": self.layer_norm,
                 "recurrent_dropout": self.recurrent_dropout, "batch_splits": self.batch_splits,
                 "static_size": self.static_size}
+
+
+class HyperLSTM(LSTM):
+    """The reference's HyperLSTMCell (Ha et al. 2016) with the defaults sketch-rnn uses it with
+    (`dec_model=hyper`): layer norm on, a hyper cell of `hyper_units` (256) units, embeddings of
+    `embedding_size` (32), no recurrent dropout in the hyper cell.
+
+    Each step, a small layer-norm LSTM (the hyper cell) reads [x; h] and emits, through embeddings
+    of size E, a per-unit scale for each gate's input part x W_x and recurrent part h W_h and a
+    shift for the recurrent part; the main cell then runs as the layer-norm LSTM on
+        gates = alpha_x * (x W_x) + alpha_h * (h W_h) + beta_h + b,
+    with the forget bias 1 added after the normalization. The two cells' states are packed as
+    h = [h_main; h_hyper], c = [c_main; c_hyper] (width `state_units` = H + H_hyper, what the
+    reference's initial state tanh(W z + b) also covers); the layer's output is h_main.
+
+    Weights (our gate order i, f, g, o; the reference's is i, j, f, o with j = g):
+      kernel `[D + S, 4H]`, recurrent_kernel `[H, 4H]`, bias `[4H]` (0; before the norm),
+      gate_gamma / gate_beta `[4, H]`, cell_gamma / cell_beta `[H]`: the main cell;
+      hyper_kernel `[D + S + H, 4H_h]` (rows x, static inputs, h_main), hyper_recurrent_kernel,
+      hyper_gate_gamma / beta, hyper_cell_gamma / beta: the hyper cell (a layer-norm LSTM);
+      embed_kernel `[H_h, 12, E]`: the 8 scale embeddings (x part of the 4 gates, then h part;
+      0 at init, with embed_bias `[8, E]`, 1 at init) and the 4 shift embeddings of the h part
+      (N(0, 0.01) at init, no bias); scale_kernel `[8, E, H]` (0.1 / E at init) and shift_kernel
+      `[4, E, H]` (0 at init).
+    The fused CPU kernel and cuDNN do not run this cell (TensorFlow's loop does).
+    """
+
+    def __init__(self, units: int, recurrent_dropout: float = 0.0, batch_splits: int = 1,
+                 static_size: int = 0, hyper_units: int = 256, embedding_size: int = 32, **kwargs):
+        super().__init__(units, layer_norm=True, recurrent_dropout=recurrent_dropout,
+                         batch_splits=batch_splits, fused_ops=None, static_size=static_size, **kwargs)
+        self.hyper_units = int(hyper_units)
+        self.embedding_size = int(embedding_size)
+
+    def build(self, input_shape):
+        h, hh, e = self.units, self.hyper_units, self.embedding_size
+        d = int(input_shape[-1]) + self.static_size
+        self.kernel = self.add_weight(name="kernel", shape=(d, 4 * h), initializer="glorot_uniform")
+        self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=(h, 4 * h),
+                                                initializer=per_gate_orthogonal)
+        self.bias = self.add_weight(name="bias", shape=(4 * h,), initializer="zeros")
+        self.gate_gamma = self.add_weight(name="gate_gamma", shape=(4, h), initializer="ones")
+        self.gate_beta = self.add_weight(name="gate_beta", shape=(4, h), initializer="zeros")
+        self.cell_gamma = self.add_weight(name="cell_gamma", shape=(h,), initializer="ones")
+        self.cell_beta = self.add_weight(name="cell_beta", shape=(h,), initializer="zeros")
+        self.hyper_kernel = self.add_weight(name="hyper_kernel", shape=(d + h, 4 * hh),
+                                            initializer="glorot_uniform")
+        self.hyper_recurrent_kernel = self.add_weight(name="hyper_recurrent_kernel", shape=(hh, 4 * hh),
+                                                      initializer=per_gate_orthogonal)
+        self.hyper_gate_gamma = self.add_weight(name="hyper_gate_gamma", shape=(4, hh), initializer="ones")
+        self.hyper_gate_beta = self.add_weight(name="hyper_gate_beta", shape=(4, hh), initializer="zeros")
+        self.hyper_cell_gamma = self.add_weight(name="hyper_cell_gamma", shape=(hh,), initializer="ones")
+        self.hyper_cell_beta = self.add_weight(name="hyper_cell_beta", shape=(hh,), initializer="zeros")
+
+        def embed_kernel_init(shape, dtype=None):
+            scale = tf.zeros([hh, 8, e])
+            shift = tf.random.normal([hh, 4, e], stddev=0.01, seed=random.randint(1, 2**31 - 1))
+            return tf.cast(tf.concat([scale, shift], axis=1), dtype or "float32")
+
+        self.embed_kernel = self.add_weight(name="embed_kernel", shape=(hh, 12, e), initializer=embed_kernel_init)
+        self.embed_bias = self.add_weight(name="embed_bias", shape=(8, e), initializer="ones")
+        self.scale_kernel = self.add_weight(name="scale_kernel", shape=(8, e, h),
+                                            initializer=keras.initializers.Constant(0.1 / e))
+        self.shift_kernel = self.add_weight(name="shift_kernel", shape=(4, e, h), initializer="zeros")
+
+    @property
+    def state_units(self) -> int:
+        return self.units + self.hyper_units
+
+    @property
+    def _plain_cell(self) -> bool:
+        return False
+
+    def input_kernel(self) -> tf.Tensor:
+        """`[D + S, 4H + 4H_h]`: the main cell's x W_x and the hyper cell's input part of x."""
+        d = int(self.kernel.shape[0])
+        return tf.cast(tf.concat([self.kernel, self.hyper_kernel[:d]], axis=1), self.compute_dtype)
+
+    def input_bias(self) -> tf.Tensor | None:
+        return None  # The main bias goes after the hyper scaling; the hyper cell's is its beta.
+
+    def output(self, h: tf.Tensor) -> tf.Tensor:
+        return h[..., :self.units]
+
+    def cell_weights(self) -> dict[str, tf.Tensor]:
+        dtype = self.compute_dtype
+        d = int(self.kernel.shape[0])
+        read = lambda v: tf.cast(tf.convert_to_tensor(v), dtype)  # noqa: E731
+        w = {name: read(getattr(self, name)) for name in (
+            "gate_gamma", "gate_beta", "cell_gamma", "cell_beta", "embed_kernel", "scale_kernel",
+            "shift_kernel")}
+        # h_main multiplies the main recurrent kernel and the hyper cell's h_main rows: one matmul.
+        w["recurrent_kernel"] = tf.concat([read(self.recurrent_kernel), read(self.hyper_kernel)[d:]], axis=1)
+        w["bias"] = tf.reshape(read(self.bias), [4, self.units])
+        # The shift embeddings have no bias.
+        w["embed_bias"] = tf.concat([read(self.embed_bias), tf.zeros([4, self.embedding_size], dtype)], 0)
+        w["hyper"] = {"recurrent_kernel": read(self.hyper_recurrent_kernel),
+                      "gate_gamma": read(self.hyper_gate_gamma), "gate_beta": read(self.hyper_gate_beta),
+                      "cell_gamma": read(self.hyper_cell_gamma), "cell_beta": read(self.hyper_cell_beta)}
+        return w
+
+    def step(self, xw, h, c, drop_mask=None, weights=None):
+        return hyper_lstm_step(xw, h, c, weights if weights is not None else self.cell_weights(),
+                               self.units, drop_mask)
+
+    def _cell(self, weights):
+        units = self.units
+
+        def cell(xw, h, c, drop_mask):
+            return hyper_lstm_step(xw, h, c, weights, units, drop_mask)
+
+        return cell
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("layer_norm")
+        return {**config, "hyper_units": self.hyper_units, "embedding_size": self.embedding_size}
+
+
+def hyper_lstm_step(xw: tf.Tensor, h: tf.Tensor, c: tf.Tensor, w: dict, units: int,
+                    drop_mask: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """One HyperLSTM step (see `HyperLSTM`): xw `[B, 4H + 4H_h]` (x [W_x, W_hyper_x]), packed
+    h, c `[B, H + H_h]`, weights from `HyperLSTM.cell_weights()`; returns the packed (h, c)."""
+    hw = tf.matmul(h[:, :units], w["recurrent_kernel"])  # [B, 4H + 4H_h]
+    g4 = 4 * units
+    h_hyp, c_hyp = lstm_step(xw[:, g4:] + hw[:, g4:], h[:, units:], c[:, units:], w["hyper"], True)
+    embed = tf.einsum("bj,jke->kbe", h_hyp, w["embed_kernel"]) + w["embed_bias"][:, None, :]  # [12, B, E]
+    scale = tf.matmul(embed[:8], w["scale_kernel"])  # [8, B, H]
+    shift = tf.matmul(embed[8:], w["shift_kernel"])  # [4, B, H]
+    gx = tf.transpose(tf.reshape(xw[:, :g4], [-1, 4, units]), [1, 0, 2])  # [4, B, H]
+    gh = tf.transpose(tf.reshape(hw[:, :g4], [-1, 4, units]), [1, 0, 2])
+    gates = scale[:4] * gx + scale[4:] * gh + shift + w["bias"][:, None, :]  # [4, B, H]
+    i, f, g, o = tf.unstack(_layer_norm(tf.transpose(gates, [1, 0, 2]), w["gate_gamma"], w["gate_beta"]),
+                            num=4, axis=1)
+    g = tf.tanh(g)
+    if drop_mask is not None:
+        g = g * drop_mask
+    c_new = tf.sigmoid(f + 1.0) * c[:, :units] + tf.sigmoid(i) * g
+    h_new = tf.tanh(_layer_norm(c_new, w["cell_gamma"], w["cell_beta"])) * tf.sigmoid(o)
+    return tf.concat([h_new, h_hyp], axis=-1), tf.concat([c_new, c_hyp], axis=-1)
 
 
 def _split_sizes(batch: tf.Tensor, splits: int) -> tf.Tensor:
@@ -254,17 +428,19 @@ def lstm_step(xw: tf.Tensor, h: tf.Tensor, c: tf.Tensor, w: dict[str, tf.Tensor]
     return tf.tanh(c_out) * tf.sigmoid(o), c
 
 
-def scan(xw: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, weights: dict[str, tf.Tensor],
-         layer_norm: bool, dropout: float = 0.0, lengths: tf.Tensor | None = None):
-    """Runs the cell over time: xw `[T, ..., B, 4H]` -> (outputs `[T, ..., B, H]`, (h_T, c_T)).
+def scan(xw: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, cell, dropout: float = 0.0,
+         lengths: tf.Tensor | None = None, drop_units: int | None = None, output=None):
+    """Runs a cell over time: xw `[T, ..., B, G]` -> (outputs `[T, ..., B, H]`, (h_T, c_T)).
 
-    `lengths` `[B]`: the state stops changing after `lengths[b]` steps. `dropout`: drop rate on
-    the cell candidate, a fresh mask each step.
+    `cell(xw_t, h, c, drop_mask) -> (h, c)`, e.g. `LSTM._cell(weights)`; `output(h)` the step's
+    output (default h itself). `lengths` `[B]`: the state stops changing after `lengths[b]`
+    steps. `dropout`: drop rate on the cell candidate, a fresh `[..., B, drop_units]` mask each
+    step (default the width of h).
     """
     dtype = xw.dtype
     steps = tf.shape(xw)[0]
     # Read steps through a TensorArray: the gradient of `xw[t]` inside a loop would build a
-    # full [T, B, 4H] tensor per step (quadratic time); a TensorArray read's does not.
+    # full [T, B, G] tensor per step (quadratic time); a TensorArray read's does not.
     xs = tf.TensorArray(dtype, size=steps).unstack(xw)
     mask = None
     if lengths is not None:
@@ -275,12 +451,13 @@ def scan(xw: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, weights: dict[str, tf.Tens
     def body(t, h, c, outputs):
         drop = None
         if dropout > 0.0:
-            drop = tf.cast(tf.cast(tf.random.uniform(tf.shape(h)) < keep, tf.float32) / keep, dtype)
-        h_new, c_new = lstm_step(xs.read(t), h, c, weights, layer_norm, drop)
+            shape = tf.shape(h) if drop_units is None else tf.concat([tf.shape(h)[:-1], [drop_units]], 0)
+            drop = tf.cast(tf.cast(tf.random.uniform(shape) < keep, tf.float32) / keep, dtype)
+        h_new, c_new = cell(xs.read(t), h, c, drop)
         if mask is not None:
             h_new = tf.where(mask[t], h_new, h)
             c_new = tf.where(mask[t], c_new, c)
-        return t + 1, h_new, c_new, outputs.write(t, h_new)
+        return t + 1, h_new, c_new, outputs.write(t, h_new if output is None else output(h_new))
 
     # maximum_iterations bounds the gradient's accumulators (XLA needs that bound).
     _, h, c, outputs = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, outputs),

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from model import losses
 from model.hparams import HParams
-from model.rnn import LSTM, bidirectional_final_h
+from model.rnn import LSTM, HyperLSTM, bidirectional_final_h
 
 START_ROW = (0.0, 0.0, 1.0, 0.0, 0.0)  # S_0.
 END_ROW = (0.0, 0.0, 0.0, 0.0, 1.0)  # Padding after a sketch's end.
@@ -121,15 +121,20 @@ class SketchRNN(keras.Model):
         if hps.conditional:
             self.encoder = StrokeEncoder(hps.enc_rnn_size, hps.z_size, hps.enc_model == "layer_norm",
                                          drop, splits, rnn_ops, name="encoder")
-            self.initial_state = keras.layers.Dense(
-                2 * hps.dec_rnn_size, activation="tanh",
-                kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), name="initial_state")
         # z enters every step: a static input of the decoder (its projection is computed once),
         # unless input dropout draws a new mask over [S_{i-1}; z] at every step. The kernel's rows
         # are [S; z] either way.
         static = hps.z_size if hps.conditional and not hps.use_input_dropout else 0
-        self.decoder = LSTM(hps.dec_rnn_size, hps.dec_model == "layer_norm", drop, splits, rnn_ops,
-                            static_size=static, name="decoder")
+        if hps.dec_model == "hyper":
+            self.decoder = HyperLSTM(hps.dec_rnn_size, drop, splits, static_size=static, name="decoder")
+        else:
+            self.decoder = LSTM(hps.dec_rnn_size, hps.dec_model == "layer_norm", drop, splits, rnn_ops,
+                                static_size=static, name="decoder")
+        if hps.conditional:
+            # The whole decoder state (h and c; a HyperLSTM's includes its hyper cell's).
+            self.initial_state = keras.layers.Dense(
+                2 * self.decoder.state_units, activation="tanh",
+                kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), name="initial_state")
         # Mixture math stays in float32 under mixed precision. The bias starts Glorot-uniform as
         # the reference's `output_b` (a TF1 get_variable without initializer), not at zero.
         self.head = keras.layers.Dense(6 * hps.num_mixture + 3, dtype="float32", name="mixture_head",
@@ -148,9 +153,10 @@ class SketchRNN(keras.Model):
         return tf.cast(mu, tf.float32), tf.cast(sigma_hat, tf.float32)
 
     def initial_decoder_state(self, z: tf.Tensor | None, batch: tf.Tensor):
-        """(h, c) `[B, H]`: tanh(W z + b) split into (c, h) as the reference; zeros if unconditional."""
+        """(h, c) `[B, state_units]`: tanh(W z + b) split into (c, h) as the reference's LSTMCell;
+        zeros if unconditional."""
         if not self.hps.conditional:
-            zeros = tf.zeros([batch, self.hps.dec_rnn_size], self.decoder.compute_dtype)
+            zeros = tf.zeros([batch, self.decoder.state_units], self.decoder.compute_dtype)
             return zeros, zeros
         state = self.initial_state(z)
         c, h = tf.split(state, 2, axis=-1)
@@ -247,11 +253,11 @@ class SketchRNN(keras.Model):
         weights = self.decoder.cell_weights()
         # The z part of the decoder's input projection is the same at every step.
         z_proj = None
-        kernel = tf.cast(self.decoder.kernel, dtype)
+        kernel = self.decoder.input_kernel()
         if z is not None:
             z_proj = tf.matmul(tf.cast(z, dtype), kernel[self._row_size:])
-        if not self.decoder.layer_norm:
-            bias = tf.cast(self.decoder.bias, dtype)
+        bias = self.decoder.input_bias()
+        if bias is not None:
             z_proj = bias if z_proj is None else z_proj + bias
         k_prev = kernel[:self._row_size]
         if position is None:
@@ -266,7 +272,7 @@ class SketchRNN(keras.Model):
             if z_proj is not None:
                 xw = xw + z_proj
             h, c = self.decoder.step(xw, h, c, weights=weights)
-            row = sample_step(self.head(h), self.hps.num_mixture, temperature, seed, t,
+            row = sample_step(self.head(self.decoder.output(h)), self.hps.num_mixture, temperature, seed, t,
                               allow_end=t >= min_steps)
             ended = tf.logical_and(tf.logical_not(done), row[:, 4] > 0.5)
             lengths = tf.where(ended, t, lengths)

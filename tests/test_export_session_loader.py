@@ -269,3 +269,36 @@ def test_float16_export_refuses_weights_float16_cannot_hold(tmp_path):
     assert not (tmp_path / "1").exists()
     with pytest.raises(ValueError, match="weights must be one of"):
         export_saved_model(model, hps, metadata, str(tmp_path), version=1, weights="bfloat16")
+
+
+
+def test_hyper_decoder_exports_float16_and_serves_through_the_session_loader(tmp_path):
+    """dec_model=hyper (its packed state; its 3-d embedding weights stored as float16 too): the
+    session loader runs every signature as the TF2 loader does, the latent statistics are the
+    float32 export's up to the rounding, and the sketches are valid."""
+    hps = HParams.preset("tiny").replace(dec_model="hyper")
+    model = SketchRNN(hps, max_seq_len=MAX_SEQ_LEN)
+    model({"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2])}, training=False)
+    rng = np.random.default_rng(2)
+    for v in (model.decoder.embed_kernel, model.decoder.shift_kernel):  # The hyper cell at work.
+        v.assign(rng.normal(0, 0.3, v.shape).astype(np.float32))
+    metadata = {"format_version": 1, "scale_factor": 10.0, "max_seq_len": MAX_SEQ_LEN, "classes": ["cat"]}
+    inputs = _inputs(hps.z_size)
+    outputs = {}
+    for weights in ("float32", "float16"):
+        path = export_saved_model(model, hps, metadata, str(tmp_path / weights), version=1, weights=weights)
+        loaded = tf.saved_model.load(path)
+        outputs[weights] = {name: {k: v.numpy() for k, v in loaded.signatures[name](
+            **{k: tf.constant(v) for k, v in feed.items()}).items()} for name, feed in inputs.items()}
+    assert sum(d == "float16" for d in _saved_dtypes(path).values()) == sum(
+        len(w.shape) >= 2 for w in model.weights)
+    with _xla_compilation_disabled():
+        _, got = _run_session_loader(path, inputs)
+    for name, want in outputs["float16"].items():
+        for key, value in want.items():
+            np.testing.assert_allclose(got[name][key], value, rtol=1e-5, atol=1e-5, err_msg=f"{name}.{key}")
+    for key in ("mu", "sigma"):
+        np.testing.assert_allclose(outputs["float16"]["encode"][key], outputs["float32"]["encode"][key],
+                                   rtol=1e-2, atol=1e-4)
+    for name, num in (("sample", 3), ("complete", 2), ("decode", 2)):
+        _assert_valid(got[name]["strokes"], got[name]["lengths"], num, MAX_SEQ_LEN)

@@ -39,6 +39,9 @@ def test_invalid_values_are_rejected_with_the_field_name():
         HParams(recurrent_dropout_rate=1.5)
     with pytest.raises(ValueError, match="dec_model"):
         HParams(dec_model="gru")
+    assert HParams(dec_model="hyper").dec_model == "hyper"
+    with pytest.raises(ValueError, match="enc_model.*HyperLSTM encoder is not implemented"):
+        HParams(enc_model="hyper")
     with pytest.raises(ValueError, match="z_size"):
         HParams(z_size=0)
     with pytest.raises(AttributeError):

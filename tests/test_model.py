@@ -12,7 +12,7 @@ import tensorflow as tf
 from model import losses, schedules
 from model.hparams import HParams
 from model.latent import slerp
-from model.rnn import LSTM
+from model.rnn import LSTM, HyperLSTM
 from model.sketch_rnn import END_ROW, START_ROW, SketchRNN
 from model.strokes import stroke3_to_stroke5
 from test_input import sample_sketches
@@ -106,7 +106,7 @@ def test_trimmed_batch_divides_by_n_max():
 def test_recurrent_kernel_is_orthogonal_per_gate():
     """The reference's lstm_ortho_initializer: each [H, H] gate block orthogonal (singular values
     1), the blocks independent (a single orthogonal [H, 4H] has per-gate singular values 0.5)."""
-    from model.rnn import LSTM
+    from model.rnn import LSTM, HyperLSTM
 
     layer = LSTM(24)
     layer.build((None, None, 5))
@@ -177,12 +177,26 @@ def test_slerp_endpoints_and_norm():
 # --- layers ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layer_norm", [False, True])
-def test_lstm_sequence_equals_step_by_step(layer_norm):
+def _layer(cell, **kwargs):
+    if cell == "hyper":
+        return HyperLSTM(6, hyper_units=5, embedding_size=3, **kwargs)
+    return LSTM(6, layer_norm=cell == "layer_norm", **kwargs)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "layer_norm", "hyper"])
+def test_lstm_sequence_equals_step_by_step(cell):
+    """The sequence call (one projection before the loop) equals project + step one row at a
+    time (what sampling runs); a HyperLSTM's state packs its hyper cell's, its output is h_main."""
     tf.random.set_seed(0)
-    layer = LSTM(6, layer_norm=layer_norm)
+    layer = _layer(cell)
     x = tf.random.normal([3, 5, 4])
-    h0, c0 = tf.random.normal([3, 6]), tf.random.normal([3, 6])
+    layer.build(x.shape)
+    if cell == "hyper":  # Move the embeddings off their init, where the hyper cell is idle.
+        for v in (layer.embed_kernel, layer.shift_kernel):
+            v.assign(tf.random.normal(v.shape, stddev=0.3))
+    width = layer.state_units
+    assert width == (11 if cell == "hyper" else 6)
+    h0, c0 = tf.random.normal([3, width]), tf.random.normal([3, width])
     lengths = tf.constant([5, 2, 0])
     seq, (h_t, c_t) = layer(x, initial_state=(h0, c0), lengths=lengths)
     h, c = h0, c0
@@ -190,23 +204,23 @@ def test_lstm_sequence_equals_step_by_step(layer_norm):
         h_new, c_new = layer.step(layer.project(x[:, t]), h, c)
         keep = (t < lengths)[:, None]
         h, c = tf.where(keep, h_new, h), tf.where(keep, c_new, c)
-        np.testing.assert_allclose(seq[:, t], h, atol=1e-6)
+        np.testing.assert_allclose(seq[:, t], layer.output(h), atol=1e-6)
     np.testing.assert_allclose(h_t, h, atol=1e-6)
     np.testing.assert_allclose(c_t, c, atol=1e-6)
     np.testing.assert_allclose(h_t[2], h0[2])  # Zero length: the initial state.
 
 
-@pytest.mark.parametrize("batch,splits", [(5, 2), (4, 4), (2, 3)])
-def test_lstm_batch_splits_give_the_same_outputs_states_and_gradients(batch, splits):
+@pytest.mark.parametrize("batch,splits,cell", [(5, 2, "lstm"), (4, 4, "lstm"), (2, 3, "lstm"), (5, 2, "hyper")])
+def test_lstm_batch_splits_give_the_same_outputs_states_and_gradients(batch, splits, cell):
     """Slicing the batch into independent loops is a speed choice: uneven slices, and more
     slices than sketches (empty loops), give what one loop gives, forward and backward."""
     tf.random.set_seed(1)
-    one = LSTM(6)
+    one = _layer(cell)
     x = tf.random.normal([batch, 7, 4])
-    h0, c0 = tf.random.normal([batch, 6]), tf.random.normal([batch, 6])
+    h0, c0 = tf.random.normal([batch, one.state_units]), tf.random.normal([batch, one.state_units])
     lengths = tf.constant([7, 3, 0, 5, 1][:batch])
     one.build(x.shape)
-    sliced = LSTM(6, batch_splits=splits)
+    sliced = _layer(cell, batch_splits=splits)
     sliced.build(x.shape)
     for a, b in zip(sliced.weights, one.weights):
         a.assign(b)
@@ -217,9 +231,11 @@ def test_lstm_batch_splits_give_the_same_outputs_states_and_gradients(batch, spl
             loss = tf.reduce_sum(seq * tf.range(1.0, 8.0)[None, :, None]) + tf.reduce_sum(h * c)
         return seq, h, c, tape.gradient(loss, layer.trainable_variables)
 
+    # The HyperLSTM's gradients reach the hundreds: float32 sums in another order differ by more.
+    tol = 1e-4 if cell == "hyper" else 1e-5
     for got, want in zip(run(sliced), run(one)):
         for g, w in zip(tf.nest.flatten(got), tf.nest.flatten(want)):
-            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
 
 
 def test_lstm_batch_splits_must_be_positive():
@@ -287,6 +303,34 @@ def test_forward_shapes_conditional_and_unconditional():
     assert not any("encoder" in v.path for v in unc.trainable_variables)
     with pytest.raises(ValueError, match="unconditional"):
         unc.encode(x["strokes"], x["lengths"])
+
+
+def test_hyper_model_trains_every_weight_and_samples():
+    """dec_model=hyper: after one Adam step (the embeddings start at 0, as the reference's, so the
+    hyper cell gets its first gradient from the second step on) every decoder weight has a finite,
+    nonzero gradient; sample and complete give valid sketches; recurrent dropout acts in training."""
+    import keras
+    model, hps = _model(dec_model="hyper", recurrent_dropout_rate=0.3)
+    assert isinstance(model.decoder, HyperLSTM) and model.decoder.state_units == hps.dec_rnn_size + 256
+    x = {"strokes": tf.random.normal([3, 6, 5]), "lengths": tf.constant([6, 3, 1])}
+    opt = keras.optimizers.Adam(1e-2)
+    for _ in range(2):
+        with tf.GradientTape() as tape:
+            out = model(x, training=True)
+            loss = sum(losses.reconstruction_loss(x["strokes"], out["outputs"], hps.num_mixture))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+    for v, g in zip(model.trainable_variables, grads):
+        if "decoder" in v.path and "embed_bias" not in v.path:
+            assert g is not None and np.all(np.isfinite(g)) and np.any(g != 0), v.path
+    a = model(x, training=True)["outputs"]
+    b = model(x, training=True)["outputs"]
+    assert not np.allclose(a, b)  # Dropout (and z's noise) differ between training calls.
+    strokes, lengths = model.sample(4, 0.5, 1)
+    assert_valid_stroke5(strokes, lengths, 30)
+    strokes, lengths = model.complete(x["strokes"][:1], tf.constant([3]), 2, 0.5, 1)
+    np.testing.assert_array_equal(strokes[:, :3], np.repeat(x["strokes"][:1, :3], 2, axis=0))
+    assert strokes.shape == (2, 30, 5) and np.all(lengths.numpy() >= 3)
 
 
 def test_layer_norm_model_gradients_finite():

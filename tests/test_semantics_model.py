@@ -5,7 +5,8 @@ references written from DESIGN.md and the reference's cells, never from our own 
   and sigma * sqrt(tau), and of the model's first sampled point against a NumPy decoder step;
 * the decoder's initial state tanh(W z + b) = [c; h] (the reference's LSTMCell state order),
   the decoder inputs [S_{i-1}; z] and the head, against a NumPy decoder run from the weights;
-* the LSTM cells (plain and layer-normalized, as the reference's LayerNormLSTMCell) against NumPy;
+* the LSTM cells (plain and layer-normalized, as the reference's LayerNormLSTMCell, and the
+  HyperLSTM, as the reference's HyperLSTMCell) against NumPy;
 * recurrent dropout: the two-point law {0, g / keep} with P(0) = rate, a fresh mask each step.
 """
 
@@ -16,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from model.hparams import HParams
-from model.rnn import LSTM
+from model.rnn import LSTM, HyperLSTM
 from model.sketch_rnn import SketchRNN, sample_step
 
 START = np.array([0.0, 0.0, 1.0, 0.0, 0.0])
@@ -374,6 +375,136 @@ def test_layer_norm_model_encoder_and_decoder_match_numpy():
     for t in range(strokes.shape[1]):
         h, c = np_lstm_step(np.concatenate([prev[:, t], z], 1), h, c, w, True)
         want.append(np_head(model, h))
+    np.testing.assert_allclose(out["outputs"].numpy(), np.stack(want, 1), atol=5e-5)
+
+
+# The reference's gates are (i, j, f, o), ours (i, f, g, o) with g = j: reference gate -> our index.
+REF_GATES = {"i": 0, "j": 2, "f": 1, "o": 3}
+
+
+def hyper_weights(layer: HyperLSTM) -> dict[str, np.ndarray]:
+    names = ["kernel", "recurrent_kernel", "bias", "gate_gamma", "gate_beta", "cell_gamma", "cell_beta",
+             "hyper_kernel", "hyper_recurrent_kernel", "hyper_gate_gamma", "hyper_gate_beta",
+             "hyper_cell_gamma", "hyper_cell_beta", "embed_kernel", "embed_bias", "scale_kernel",
+             "shift_kernel"]
+    return {n: getattr(layer, n).numpy().astype(np.float64) for n in names}
+
+
+def _ref_layout(a, units):
+    """Last axis `[4H]` in our gate order -> the reference's (i, j, f, o)."""
+    blocks = np.split(a, 4, axis=-1)
+    return np.concatenate([blocks[REF_GATES[g]] for g in "ijfo"], axis=-1)
+
+
+def np_ref_layer_norm_lstm(x, h, c, w_xh, w_hh, gamma, beta, gamma_c, beta_c):
+    """The reference's LayerNormLSTMCell (its layout): [x, h] [W_xh; W_hh], layer_norm_all over
+    each of i, j, f, o, then c' = c sigmoid(f + 1) + sigmoid(i) tanh(j), h' = tanh(LN(c')) sigmoid(o)."""
+    units = h.shape[-1]
+    concat = np.concatenate([x, h], 1) @ np.concatenate([w_xh, w_hh], 0)
+    normed = np_layer_norm(concat.reshape(-1, 4, units), 1.0, 0.0).reshape(-1, 4 * units) * gamma + beta
+    i, j, f, o = np.split(normed, 4, 1)
+    new_c = c * sigmoid(f + 1.0) + sigmoid(i) * np.tanh(j)
+    return np.tanh(np_layer_norm(new_c, gamma_c, beta_c)) * sigmoid(o), new_c
+
+
+def np_hyper_lstm_step(x, total_h, total_c, w):
+    """The reference's HyperLSTMCell.__call__ (use_layer_norm=True, forget_bias 1, no dropout),
+    transcribed in its own layout from our weights: state = ([h; h_hyper], [c; c_hyper])."""
+    units = w["recurrent_kernel"].shape[0]
+    x_size = x.shape[1]
+    h, c = total_h[:, :units], total_c[:, :units]
+    hyper_h, hyper_c = total_h[:, units:], total_c[:, units:]
+    # The hyper cell: a LayerNormLSTMCell over [x, h].
+    hyper_out, hyper_c = np_ref_layer_norm_lstm(
+        np.concatenate([x, h], 1), hyper_h, hyper_c, _ref_layout(w["hyper_kernel"], 0),
+        _ref_layout(w["hyper_recurrent_kernel"], 0), _ref_layout(w["hyper_gate_gamma"].reshape(-1), 0),
+        _ref_layout(w["hyper_gate_beta"].reshape(-1), 0), w["hyper_cell_gamma"], w["hyper_cell_beta"])
+
+    def hyper_norm(layer, k, use_bias, part):
+        # zw = hyper_output W_zw + b_zw; alpha = zw W_alpha; result = alpha * layer (+ zb W_beta).
+        slot = k + (4 if part == "h" else 0)
+        zw = hyper_out @ w["embed_kernel"][:, slot] + w["embed_bias"][slot]
+        result = (zw @ w["scale_kernel"][slot]) * layer
+        if use_bias:
+            zb = hyper_out @ w["embed_kernel"][:, 8 + k]
+            result = result + zb @ w["shift_kernel"][k]
+        return result
+
+    xh = x @ w["kernel"][:x_size]
+    hh = h @ w["recurrent_kernel"]
+    gates = {}
+    for g, k in REF_GATES.items():
+        cols = slice(k * units, (k + 1) * units)
+        gates[g] = (hyper_norm(xh[:, cols], k, False, "x") + hyper_norm(hh[:, cols], k, True, "h")
+                    + w["bias"][cols])
+    concat = np.concatenate([gates[g] for g in "ijfo"], 1)
+    normed = (np_layer_norm(concat.reshape(-1, 4, units), 1.0, 0.0).reshape(-1, 4 * units)
+              * _ref_layout(w["gate_gamma"].reshape(-1), 0) + _ref_layout(w["gate_beta"].reshape(-1), 0))
+    i, j, f, o = np.split(normed, 4, 1)
+    new_c = c * sigmoid(f + 1.0) + sigmoid(i) * np.tanh(j)
+    new_h = np.tanh(np_layer_norm(new_c, w["cell_gamma"], w["cell_beta"])) * sigmoid(o)
+    return np.concatenate([new_h, hyper_out], 1), np.concatenate([new_c, hyper_c], 1)
+
+
+def _randomize(layer, rng, scale=0.5):
+    """Every weight of `layer` replaced by random values (gammas around 1), so each one's role is
+    tested, not only its init (the init's zero embeddings would hide the hyper cell)."""
+    for v in layer.weights:
+        name = v.path.split("/")[-1]
+        if "gamma" in name:
+            value = rng.uniform(0.5, 1.5, v.shape)
+        else:
+            value = rng.normal(0, scale, v.shape)
+        v.assign(value.astype(np.float32))
+
+
+def test_hyper_lstm_cell_matches_numpy_reference():
+    """Four steps of the HyperLSTM with per-step and static inputs and masked lengths against the
+    reference's HyperLSTMCell in NumPy; the layer's outputs are the main cell's h."""
+    rng = np.random.default_rng(8)
+    units, hyper, emb, dim, static = 6, 5, 3, 4, 2
+    layer = HyperLSTM(units, static_size=static, hyper_units=hyper, embedding_size=emb)
+    layer.build((None, None, dim))
+    _randomize(layer, rng)
+    x = rng.normal(0, 1, (3, 4, dim)).astype(np.float32)
+    zs = rng.normal(0, 1, (3, static)).astype(np.float32)
+    h0, c0 = (rng.normal(0, 1, (3, units + hyper)).astype(np.float32) for _ in range(2))
+    lengths = np.array([4, 2, 0], np.int32)
+    seq, (h_t, c_t) = layer(tf.constant(x), initial_state=(tf.constant(h0), tf.constant(c0)),
+                            lengths=tf.constant(lengths), static_inputs=tf.constant(zs))
+    assert seq.shape == (3, 4, units) and h_t.shape == c_t.shape == (3, units + hyper)
+    w = hyper_weights(layer)
+    h, c = h0.astype(np.float64), c0.astype(np.float64)
+    for t in range(4):
+        h_new, c_new = np_hyper_lstm_step(np.concatenate([x[:, t], zs], 1).astype(np.float64), h, c, w)
+        keep = (t < lengths)[:, None]
+        h, c = np.where(keep, h_new, h), np.where(keep, c_new, c)
+        np.testing.assert_allclose(seq[:, t], h[:, :units], atol=2e-5)
+    np.testing.assert_allclose(h_t, h, atol=2e-5)
+    np.testing.assert_allclose(c_t, c, atol=2e-5)
+    assert np.abs(h[:2] - h0[:2]).max() > 0.1  # The state moved (row 2 has length 0).
+
+
+def test_hyper_decoder_model_matches_numpy():
+    """A conditional model with dec_model=hyper: the teacher-forced outputs are the head of the
+    HyperLSTM's main h over [S_{i-1}; z], started at tanh(W z + b) = [c_0; h_0] of width
+    2 (H + H_hyper), and the first sampled step's mixture is the same cell's."""
+    model, hps = _conditional_model(dec_model="hyper")
+    rng = np.random.default_rng(9)
+    _randomize(model.decoder, rng, 0.3)
+    strokes, lengths = _strokes(rng, 3, 6)
+    out = model({"strokes": tf.constant(strokes), "lengths": tf.constant(lengths)}, training=False)
+    z = out["z"].numpy().astype(np.float64)
+    state = np.tanh(z @ model.initial_state.kernel.numpy() + model.initial_state.bias.numpy())
+    width = model.decoder.state_units
+    assert state.shape[1] == 2 * width == 2 * (hps.dec_rnn_size + 256)
+    c, h = state[:, :width], state[:, width:]
+    prev = np.concatenate([np.tile(START, [3, 1, 1]), strokes[:, :-1].astype(np.float64)], axis=1)
+    w = hyper_weights(model.decoder)
+    want = []
+    for t in range(strokes.shape[1]):
+        h, c = np_hyper_lstm_step(np.concatenate([prev[:, t], z], 1), h, c, w)
+        want.append(np_head(model, h[:, :hps.dec_rnn_size]))
     np.testing.assert_allclose(out["outputs"].numpy(), np.stack(want, 1), atol=5e-5)
 
 

@@ -133,7 +133,7 @@ def resolve_lstm_kernel(hps: HParams, log: Callable[[str], None] | None = None):
     elif hps.precision not in ("auto", "float32"):
         reason = f"precision {hps.precision} (the kernel computes in float32)"
     elif hps.dec_model != "lstm" and (not hps.conditional or hps.enc_model != "lstm"):
-        reason = "layer-norm cells (the kernel implements the plain LSTM cell)"
+        reason = "layer-norm or HyperLSTM cells only (the kernel implements the plain LSTM cell)"
     if reason is None:
         ops = kernels.load(log)
         if ops is not None:
