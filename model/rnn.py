@@ -275,8 +275,8 @@ class HyperLSTM(LSTM):
     Weights (our gate order i, f, g, o; the reference's is i, j, f, o with j = g):
       kernel `[D + S, 4H]`, recurrent_kernel `[H, 4H]`, bias `[4H]` (0; before the norm),
       gate_gamma / gate_beta `[4, H]`, cell_gamma / cell_beta `[H]`: the main cell;
-      hyper_kernel `[D + S + H, 4H_h]` (rows x, static inputs, h_main), hyper_recurrent_kernel,
-      hyper_gate_gamma / beta, hyper_cell_gamma / beta: the hyper cell (a layer-norm LSTM);
+      `hyper`: the hyper cell, a layer-norm `LSTM` of H_h units whose kernel `[D + S + H, 4H_h]`
+      has rows x, static inputs, h_main;
       embed_kernel `[H_h, 12, E]`: the 8 scale embeddings (x part of the 4 gates, then h part;
       0 at init, with embed_bias `[8, E]`, 1 at init) and the 4 shift embeddings of the h part
       (N(0, 0.01) at init, no bias); scale_kernel `[8, E, H]` (0.1 / E at init) and shift_kernel
@@ -290,26 +290,15 @@ class HyperLSTM(LSTM):
                          batch_splits=batch_splits, fused_ops=None, static_size=static_size, **kwargs)
         self.hyper_units = int(hyper_units)
         self.embedding_size = int(embedding_size)
+        # The hyper cell: a layer-norm LSTM over [x; static inputs; h_main] (its weights only: this
+        # layer runs its step).
+        self.hyper = LSTM(self.hyper_units, layer_norm=True, name="hyper")
 
     def build(self, input_shape):
         h, hh, e = self.units, self.hyper_units, self.embedding_size
-        d = int(input_shape[-1]) + self.static_size
-        self.kernel = self.add_weight(name="kernel", shape=(d, 4 * h), initializer="glorot_uniform")
-        self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=(h, 4 * h),
-                                                initializer=per_gate_orthogonal)
+        super().build(input_shape)  # The main cell's layer-norm LSTM weights.
         self.bias = self.add_weight(name="bias", shape=(4 * h,), initializer="zeros")
-        self.gate_gamma = self.add_weight(name="gate_gamma", shape=(4, h), initializer="ones")
-        self.gate_beta = self.add_weight(name="gate_beta", shape=(4, h), initializer="zeros")
-        self.cell_gamma = self.add_weight(name="cell_gamma", shape=(h,), initializer="ones")
-        self.cell_beta = self.add_weight(name="cell_beta", shape=(h,), initializer="zeros")
-        self.hyper_kernel = self.add_weight(name="hyper_kernel", shape=(d + h, 4 * hh),
-                                            initializer="glorot_uniform")
-        self.hyper_recurrent_kernel = self.add_weight(name="hyper_recurrent_kernel", shape=(hh, 4 * hh),
-                                                      initializer=per_gate_orthogonal)
-        self.hyper_gate_gamma = self.add_weight(name="hyper_gate_gamma", shape=(4, hh), initializer="ones")
-        self.hyper_gate_beta = self.add_weight(name="hyper_gate_beta", shape=(4, hh), initializer="zeros")
-        self.hyper_cell_gamma = self.add_weight(name="hyper_cell_gamma", shape=(hh,), initializer="ones")
-        self.hyper_cell_beta = self.add_weight(name="hyper_cell_beta", shape=(hh,), initializer="zeros")
+        self.hyper.build((None, int(self.kernel.shape[0]) + h))
 
         def embed_kernel_init(shape, dtype=None):
             scale = tf.zeros([hh, 8, e])
@@ -333,7 +322,7 @@ class HyperLSTM(LSTM):
     def input_kernel(self) -> tf.Tensor:
         """`[D + S, 4H + 4H_h]`: the main cell's x W_x and the hyper cell's input part of x."""
         d = int(self.kernel.shape[0])
-        return tf.cast(tf.concat([self.kernel, self.hyper_kernel[:d]], axis=1), self.compute_dtype)
+        return tf.cast(tf.concat([self.kernel, self.hyper.kernel[:d]], axis=1), self.compute_dtype)
 
     def input_bias(self) -> tf.Tensor | None:
         return None  # The main bias goes after the hyper scaling; the hyper cell's is its beta.
@@ -349,13 +338,11 @@ class HyperLSTM(LSTM):
             "gate_gamma", "gate_beta", "cell_gamma", "cell_beta", "embed_kernel", "scale_kernel",
             "shift_kernel")}
         # h_main multiplies the main recurrent kernel and the hyper cell's h_main rows: one matmul.
-        w["recurrent_kernel"] = tf.concat([read(self.recurrent_kernel), read(self.hyper_kernel)[d:]], axis=1)
+        w["recurrent_kernel"] = tf.concat([read(self.recurrent_kernel), read(self.hyper.kernel)[d:]], axis=1)
         w["bias"] = tf.reshape(read(self.bias), [4, self.units])
         # The shift embeddings have no bias.
         w["embed_bias"] = tf.concat([read(self.embed_bias), tf.zeros([4, self.embedding_size], dtype)], 0)
-        w["hyper"] = {"recurrent_kernel": read(self.hyper_recurrent_kernel),
-                      "gate_gamma": read(self.hyper_gate_gamma), "gate_beta": read(self.hyper_gate_beta),
-                      "cell_gamma": read(self.hyper_cell_gamma), "cell_beta": read(self.hyper_cell_beta)}
+        w["hyper"] = self.hyper.cell_weights()
         return w
 
     def step(self, xw, h, c, drop_mask=None, weights=None):

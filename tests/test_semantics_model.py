@@ -384,10 +384,11 @@ REF_GATES = {"i": 0, "j": 2, "f": 1, "o": 3}
 
 def hyper_weights(layer: HyperLSTM) -> dict[str, np.ndarray]:
     names = ["kernel", "recurrent_kernel", "bias", "gate_gamma", "gate_beta", "cell_gamma", "cell_beta",
-             "hyper_kernel", "hyper_recurrent_kernel", "hyper_gate_gamma", "hyper_gate_beta",
-             "hyper_cell_gamma", "hyper_cell_beta", "embed_kernel", "embed_bias", "scale_kernel",
-             "shift_kernel"]
-    return {n: getattr(layer, n).numpy().astype(np.float64) for n in names}
+             "embed_kernel", "embed_bias", "scale_kernel", "shift_kernel"]
+    w = {n: getattr(layer, n).numpy().astype(np.float64) for n in names}
+    w.update({"hyper_" + n: getattr(layer.hyper, n).numpy().astype(np.float64) for n in (
+        "kernel", "recurrent_kernel", "gate_gamma", "gate_beta", "cell_gamma", "cell_beta")})
+    return w
 
 
 def _ref_layout(a, units):
