@@ -157,13 +157,8 @@ class LSTM(keras.layers.Layer):
                          self.layer_norm, drop_mask)
 
     def _cell(self, weights: dict[str, tf.Tensor]):
-        """The step for `scan`: (xw, h, c, drop_mask) -> (h, c)."""
-        layer_norm = self.layer_norm
-
-        def cell(xw, h, c, drop_mask):
-            return lstm_step(xw, h, c, weights, layer_norm, drop_mask)
-
-        return cell
+        """The step for `scan`: (xw, h, c, drop_mask) -> (h, c), with `weights` read once."""
+        return lambda xw, h, c, drop_mask: self.step(xw, h, c, drop_mask, weights=weights)
 
     def call(self, inputs: tf.Tensor, initial_state: tuple[tf.Tensor, tf.Tensor] | None = None,
              lengths: tf.Tensor | None = None, training: bool = False,
@@ -349,14 +344,6 @@ class HyperLSTM(LSTM):
         return hyper_lstm_step(xw, h, c, weights if weights is not None else self.cell_weights(),
                                self.units, drop_mask)
 
-    def _cell(self, weights):
-        units = self.units
-
-        def cell(xw, h, c, drop_mask):
-            return hyper_lstm_step(xw, h, c, weights, units, drop_mask)
-
-        return cell
-
     def get_config(self):
         config = super().get_config()
         config.pop("layer_norm")
@@ -415,14 +402,14 @@ def lstm_step(xw: tf.Tensor, h: tf.Tensor, c: tf.Tensor, w: dict[str, tf.Tensor]
     return tf.tanh(c_out) * tf.sigmoid(o), c
 
 
-def scan(xw: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, cell, dropout: float = 0.0,
-         lengths: tf.Tensor | None = None, drop_units: int | None = None, output=None):
+def scan(xw: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, cell, dropout: float, lengths: tf.Tensor | None,
+         drop_units: int, output):
     """Runs a cell over time: xw `[T, ..., B, G]` -> (outputs `[T, ..., B, H]`, (h_T, c_T)).
 
     `cell(xw_t, h, c, drop_mask) -> (h, c)`, e.g. `LSTM._cell(weights)`; `output(h)` the step's
-    output (default h itself). `lengths` `[B]`: the state stops changing after `lengths[b]`
+    output (`LSTM.output`). `lengths` `[B]` (or None): the state stops changing after `lengths[b]`
     steps. `dropout`: drop rate on the cell candidate, a fresh `[..., B, drop_units]` mask each
-    step (default the width of h).
+    step.
     """
     dtype = xw.dtype
     steps = tf.shape(xw)[0]
@@ -438,13 +425,13 @@ def scan(xw: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, cell, dropout: float = 0.0
     def body(t, h, c, outputs):
         drop = None
         if dropout > 0.0:
-            shape = tf.shape(h) if drop_units is None else tf.concat([tf.shape(h)[:-1], [drop_units]], 0)
+            shape = tf.concat([tf.shape(h)[:-1], [drop_units]], 0)
             drop = tf.cast(tf.cast(tf.random.uniform(shape) < keep, tf.float32) / keep, dtype)
         h_new, c_new = cell(xs.read(t), h, c, drop)
         if mask is not None:
             h_new = tf.where(mask[t], h_new, h)
             c_new = tf.where(mask[t], c_new, c)
-        return t + 1, h_new, c_new, outputs.write(t, h_new if output is None else output(h_new))
+        return t + 1, h_new, c_new, outputs.write(t, output(h_new))
 
     # maximum_iterations bounds the gradient's accumulators (XLA needs that bound).
     _, h, c, outputs = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, outputs),
