@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from model.hparams import HParams
 from model.sketch_rnn import SketchRNN
-from trainer.export import export_saved_model
+from trainer.export import _check_as_exported, export_saved_model, load_export, quantize_int8, stored_kernels
 
 MAX_SEQ_LEN = 32
 SQUARE = [[10.0, 10.0, 0.0], [20.0, 0.0, 0.0], [0.0, 20.0, 0.0], [-20.0, 0.0, 0.0], [0.0, -20.0, 1.0],
@@ -302,3 +302,113 @@ def test_hyper_decoder_exports_float16_and_serves_through_the_session_loader(tmp
                                    rtol=1e-2, atol=1e-4)
     for name, num in (("sample", 3), ("complete", 2), ("decode", 2)):
         _assert_valid(got[name]["strokes"], got[name]["lengths"], num, MAX_SEQ_LEN)
+
+
+def test_int8_quantization_is_per_column_and_within_half_a_step():
+    rng = np.random.default_rng(3)
+    value = rng.normal(size=[7, 5]).astype(np.float32) * np.array([1e-3, 0.1, 1.0, 30.0, 0.0], np.float32)
+    q, scale = quantize_int8(value)
+    assert q.dtype == np.int8 and scale.dtype == np.float32 and scale.shape == (5,)
+    peak = np.abs(value).max(axis=0)
+    np.testing.assert_array_equal(np.abs(q).max(axis=0), [127, 127, 127, 127, 0])  # Each column's peak.
+    assert scale[4] == 1.0 and not q[:, 4].any()  # An all-zero column.
+    err = np.abs(q * scale - value)
+    assert np.all(err <= peak / 254 * (1 + 1e-5)) and err.max() > 0
+
+
+def test_int8_export_stores_kernels_as_int8_and_serves_through_the_session_loader(export, tf2_outputs,
+                                                                                  tmp_path):
+    """`weights="int8"`: each kernel saved once, as int8, followed by its float32 per-column scale;
+    the session loader runs every signature as the TF2 loader does; the latent statistics are the
+    float32 export's up to the quantization."""
+    path32, hps, model = export
+    metadata = {"format_version": 1, "scale_factor": 10.0, "max_seq_len": MAX_SEQ_LEN, "classes": ["cat"]}
+    path8 = export_saved_model(model, hps, metadata, str(tmp_path), version=1, weights="int8")
+    kernels = [w for w in model.weights if len(w.shape) >= 2]
+    dtypes = sorted(_saved_dtypes(path8).values())
+    assert dtypes == sorted(["int8"] * len(kernels) + ["float32"] * len(model.weights))
+    n = sum(int(np.prod(w.shape)) for w in kernels)
+    columns = sum(int(w.shape[-1]) for w in kernels)
+    reader = tf.train.load_checkpoint(os.path.join(path8, "variables", "variables"))
+    stored = sum(reader.get_tensor(k).nbytes for k in _saved_dtypes(path8))  # The object graph aside.
+    everything = sum(int(np.prod(w.shape)) for w in model.weights)
+    assert stored == 4 * (everything - n) + n + 4 * columns  # A byte per kernel weight, 4 per scale.
+
+    inputs = _inputs(hps.z_size)
+    loaded = tf.saved_model.load(path8)
+    tf2 = {name: {k: v.numpy() for k, v in loaded.signatures[name](
+        **{k: tf.constant(v) for k, v in feed.items()}).items()} for name, feed in inputs.items()}
+    with _xla_compilation_disabled():
+        _, got = _run_session_loader(path8, inputs)
+    for name, want in tf2.items():
+        for key, value in want.items():
+            assert value.dtype == tf2_outputs[name][key].dtype, f"{name}.{key}"
+            np.testing.assert_allclose(got[name][key], value, rtol=1e-5, atol=1e-5, err_msg=f"{name}.{key}")
+    for key in ("mu", "sigma"):
+        np.testing.assert_allclose(tf2["encode"][key], tf2_outputs["encode"][key], rtol=5e-2, atol=2e-3)
+        assert not np.array_equal(tf2["encode"][key], tf2_outputs["encode"][key])
+    for name, num in (("sample", 3), ("complete", 2), ("decode", 2)):
+        _assert_valid(got[name]["strokes"], got[name]["lengths"], num, MAX_SEQ_LEN)
+
+
+@pytest.mark.parametrize("weights", ["float32", "float16", "int8"])
+def test_load_export_rebuilds_the_model_with_the_weights_the_export_holds(export, tmp_path, weights):
+    """load_export: the model's weights are what the signatures read (float16 and int8 turned back
+    into float32), and written again as float32 the export stores exactly those values."""
+    _, hps, model = export
+    metadata = {"format_version": 1, "scale_factor": 10.0, "max_seq_len": MAX_SEQ_LEN, "classes": ["cat"]}
+    path = export_saved_model(model, hps, metadata, str(tmp_path / "a"), version=1, weights=weights)
+    rebuilt, hps2, metadata2 = load_export(path)
+    assert hps2 == hps and metadata2 == metadata
+    stored = {id(w): v for w, v in stored_kernels(model, weights)} if weights != "float32" else {}
+    for w, r in zip(model.weights, rebuilt.weights):
+        assert w.path.split("/", 1)[1] == r.path.split("/", 1)[1]  # Past the model's own name.
+        want = w.numpy()
+        if id(w) in stored:
+            v = stored[id(w)]
+            want = v[0].numpy().astype(np.float32) * (v[1].numpy() if len(v) == 2 else 1.0)
+        np.testing.assert_array_equal(r.numpy(), want, err_msg=w.path)
+    again = export_saved_model(rebuilt, hps2, metadata2, str(tmp_path / "b"), version=1)
+    a, b = (tf.saved_model.load(p) for p in (path, again))
+    for key in ("mu", "sigma"):
+        feed = {k: tf.constant(v) for k, v in _inputs(hps.z_size)["encode"].items()}
+        np.testing.assert_allclose(a.signatures["encode"](**feed)[key], b.signatures["encode"](**feed)[key],
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_load_export_of_a_shipped_model_written_before_its_layers_were_reordered():
+    """face's export lists initial_state before the decoder (the model's order when it was written;
+    the model now builds the decoder first): each weight still finds its variable, checked by the
+    greedy sketch and encoding load_export compares with the export's own."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "deploy" / "pretrained" / "face" / "16000"
+    shapes = [tuple(v.shape) for v in tf.saved_model.load(str(path)).serving_variables]
+    model, hps, _ = load_export(str(path))
+    paths = [w.path.split("/", 1)[1] for w in model.weights]
+    assert paths.index("decoder/kernel") < paths.index("initial_state/kernel")
+    assert shapes.index((64, 512)) < shapes.index((69, 1024))  # initial_state's kernel, the decoder's.
+    assert len(shapes) == len(model.weights) and hps.dec_rnn_size == 256
+
+
+def test_load_export_refuses_what_does_not_fit(export, tmp_path):
+    _, hps, model = export
+    metadata = {"format_version": 1, "scale_factor": 10.0, "max_seq_len": MAX_SEQ_LEN, "classes": ["cat"]}
+    path = pathlib.Path(export_saved_model(model, hps, metadata, str(tmp_path), version=1))
+    with pytest.raises(FileNotFoundError, match="give a version dir"):
+        load_export(str(tmp_path))  # The base dir.
+    other = tmp_path / "other"
+    shutil.copytree(path, other)
+    (other / "assets.extra" / "hparams.json").write_text(hps.replace(dec_rnn_size=hps.dec_rnn_size + 2).to_json())
+    with pytest.raises(ValueError, match="does not match its hparams.json"):
+        load_export(str(other))
+    # Weights of the right shapes but not the export's (two layers' biases swapped, say): the greedy
+    # sketch or the encoding differs from the export's, and it says so.
+    rebuilt, hps2, metadata2 = load_export(str(path))
+    bias = next(w for w in rebuilt.weights if w.path.endswith("/mixture_head/bias"))
+    bias.assign(bias.numpy() + 0.5)
+    with pytest.raises(ValueError, match="does not draw what the export draws"):
+        _check_as_exported(rebuilt, hps2, metadata2, tf.saved_model.load(str(path)), str(path))
+    from trainer import export_cli
+
+    assert export_cli.main(["--from-export", str(tmp_path), "--export-dir", str(tmp_path / "x")]) == 1
+    with pytest.raises(SystemExit):  # --checkpoint belongs to --model-dir.
+        export_cli.main(["--from-export", str(path), "--export-dir", str(tmp_path / "x"), "--checkpoint", "best"])

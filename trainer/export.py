@@ -14,7 +14,13 @@ are zeros; the last real row has pen_lifted = 1.
 `weights="float16"` stores the kernels (every float32 weight of two or more dimensions: the LSTM
 and head matrices, nearly all the bytes) as float16 variables, about half the export's size; the
 signatures cast them back to float32 and compute as before (inputs and outputs unchanged), so
-only the stored values are rounded (relative error at most 2^-11).
+only the stored values are rounded (relative error at most 2^-11). `weights="int8"` stores each
+kernel as int8 with one float32 scale per output column (symmetric: the column's largest magnitude
+maps to 127), about a quarter of the size; the signatures compute in float32 with `q * scale`, so
+each weight moves by at most half a step, 1/254 of its column's largest magnitude.
+
+`load_export` rebuilds the Keras model from an export (its hparams, metadata and stored weights),
+so an export can be written again with other weight storage without its training checkpoint.
 """
 
 from __future__ import annotations
@@ -55,25 +61,51 @@ def stroke5_to_stroke3_tf(strokes5: tf.Tensor, lengths: tf.Tensor, scale: float)
     return tf.where((idx < lengths[:, None])[..., None], rows, 0.0)
 
 
-WEIGHT_DTYPES = ("float32", "float16")
+WEIGHT_DTYPES = ("float32", "float16", "int8")
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-def stored_kernels(model) -> list[tuple[Any, tf.Variable]]:
-    """(model weight, float16 variable holding its rounded values) for each float32 weight of two
-    or more dimensions. Raises ValueError if one holds a value float16 cannot represent."""
+def quantize_int8(value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output column (the last axis): (q int8, scale float32 [columns]) with
+    value ~= q * scale; each column's largest magnitude maps to 127 (an all-zero column: scale 1)."""
+    value = np.asarray(value, np.float32)
+    peak = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(value / scale), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def stored_kernels(model, weights: str = "float16") -> list[tuple[Any, tuple[tf.Variable, ...]]]:
+    """(model weight, the variables that store it) for each float32 weight of two or more dimensions:
+    one float16 variable (`weights="float16"`) or an int8 variable and its float32 per-column scale
+    (`"int8"`, see `quantize_int8`). Raises ValueError if a weight holds a value the storage cannot
+    represent (not finite; beyond float16's range)."""
     pairs = []
     for w in model.weights:
         if w.dtype != "float32" or len(w.shape) < 2:
             continue
         value = np.asarray(w.numpy())
-        if not np.all(np.isfinite(value)) or np.abs(value).max(initial=0.0) > _FLOAT16_MAX:
-            raise ValueError(f"weight {w.path} holds values float16 cannot store (largest magnitude "
+        name = w.path.replace("/", "_") + "_" + weights
+        if not np.all(np.isfinite(value)) or (weights == "float16"
+                                               and np.abs(value).max(initial=0.0) > _FLOAT16_MAX):
+            raise ValueError(f"weight {w.path} holds values {weights} cannot store (largest magnitude "
                              f"{np.abs(value).max():.4g}, float16's {_FLOAT16_MAX:g}): export it "
                              f"with float32 weights (--weights float32, the default)")
-        name = w.path.replace("/", "_") + "_float16"
-        pairs.append((w, tf.Variable(value.astype(np.float16), trainable=False, name=name)))
+        if weights == "float16":
+            pairs.append((w, (tf.Variable(value.astype(np.float16), trainable=False, name=name),)))
+        else:
+            q, scale = quantize_int8(value)
+            pairs.append((w, (tf.Variable(q, trainable=False, name=name),
+                              tf.Variable(scale, trainable=False, name=name + "_scale"))))
     return pairs
+
+
+def _stored_value(variables) -> tf.Tensor:
+    """The float32 weight that `stored_kernels`' variables hold."""
+    if len(variables) == 2:
+        q, scale = variables
+        return tf.cast(q, tf.float32) * scale
+    return tf.cast(variables[0], tf.float32)
 
 
 class _Held:
@@ -100,9 +132,10 @@ class SketchModule(tf.Module):
     model server disables XLA on CPU unless started with `--xla_cpu_compilation_enabled`, and
     such signatures then fail on their first request.
 
-    `weights`: "float32" (the functions read the model's variables) or "float16" (they read
-    float16 copies of its kernels, cast to float32 through a `keras.StatelessScope`; the model's
-    own float32 kernels are then neither read nor saved; see `stored_kernels`).
+    `weights`: "float32" (the functions read the model's variables), "float16" or "int8" (they read
+    float16 or int8 copies of its kernels, turned back into float32 through a
+    `keras.StatelessScope`; the model's own float32 kernels are then neither read nor saved; see
+    `stored_kernels`).
     """
 
     def __init__(self, model, hps: HParams, metadata: dict[str, Any], xla: bool = False,
@@ -111,7 +144,7 @@ class SketchModule(tf.Module):
         if weights not in WEIGHT_DTYPES:
             raise ValueError(f"weights must be one of {WEIGHT_DTYPES}, got {weights!r}")
         self._held = _Held(model)
-        self._stored = _Held(stored_kernels(model) if weights == "float16" else [])
+        self._stored = _Held(stored_kernels(model, weights) if weights != "float32" else [])
         self.scale = float(metadata["scale_factor"])
         self.max_len = schema.n_max(metadata)  # Sampling runs at most N_max steps.
         self.conditional = hps.conditional
@@ -152,17 +185,18 @@ class SketchModule(tf.Module):
         for fn in self.signature_functions().values():
             for v in fn.get_concrete_function().variables:
                 captured.setdefault(id(v), v)
-        order = {id(w.value): i for i, w in enumerate(self.model.weights)}
-        order.update({id(v): order[id(w.value)] for w, v in self._stored.value})  # At their weight's place.
-        self.serving_variables = sorted(captured.values(), key=lambda v: order.get(id(v), len(order)))
+        order = {id(w.value): (i, 0) for i, w in enumerate(self.model.weights)}
+        for w, stored in self._stored.value:  # At their weight's place (int8: values, then scale).
+            order.update({id(v): (order[id(w.value)][0], j) for j, v in enumerate(stored)})
+        self.serving_variables = sorted(captured.values(), key=lambda v: order.get(id(v), (len(order), 0)))
         return list(self.serving_variables)
 
     def _weights(self):
-        """A context inside which the model reads its float16-stored kernels, cast to float32
+        """A context inside which the model reads its float16- or int8-stored kernels as float32
         (a no-op context without them)."""
         if not self._stored.value:
             return contextlib.nullcontext()
-        return keras.StatelessScope(state_mapping=[(w, tf.cast(v, w.dtype)) for w, v in self._stored.value])
+        return keras.StatelessScope(state_mapping=[(w, _stored_value(v)) for w, v in self._stored.value])
 
     def _out(self, strokes5, lengths):
         lengths = tf.cast(lengths, tf.int32)
@@ -200,9 +234,9 @@ def export_saved_model(model, hps: HParams, metadata: dict[str, Any], export_bas
     Signatures: serving_default (= sample), sample, complete, and for conditional models encode and
     decode; the TF1 session loader (TF Serving, `saved_model_cli run`) restores and runs each.
     `xla`: XLA-compile `sample` and `decode` (see SketchModule; TF Serving needs
-    `--xla_cpu_compilation_enabled` for those on CPU). `weights`: "float32" (default) or
-    "float16" (kernels stored as float16, about half the size; see SketchModule). Returns the
-    version directory.
+    `--xla_cpu_compilation_enabled` for those on CPU). `weights`: "float32" (default), "float16"
+    (kernels stored as float16, about half the size) or "int8" (kernels as int8 with a scale per
+    column, about a quarter; see SketchModule). Returns the version directory.
     """
     version = int(version if version is not None else time.time())
     path = os.path.join(export_base_dir, str(version))
@@ -219,3 +253,72 @@ def export_saved_model(model, hps: HParams, metadata: dict[str, Any], export_bas
         # n_max: the length the signatures sample to (and the longest input they take).
         f.write(json.dumps({**metadata, "n_max": module.max_len}, indent=2, sort_keys=True))
     return path
+
+
+def load_export(path: str):
+    """Rebuilds the Keras model of an export that `export_saved_model` wrote (a version dir, with
+    any weight storage): its hparams and metadata from assets.extra, its weights from the
+    variables the signatures read (float16 and int8 kernels turned back into float32). Returns
+    (model, hps, metadata). Raises FileNotFoundError if `path` is not such an export, ValueError
+    if its variables do not fit the model its hparams describe."""
+    from model.sketch_rnn import SketchRNN
+
+    extra = os.path.join(path, "assets.extra")
+    for need in (os.path.join(path, "saved_model.pb"), os.path.join(extra, "hparams.json"),
+                 os.path.join(extra, "metadata.json")):
+        if not tf.io.gfile.exists(need):
+            raise FileNotFoundError(f"{need} not found: give a version dir of a `sketch-rnn export` "
+                                    "(EXPORT_DIR/<version>)")
+    with tf.io.gfile.GFile(os.path.join(extra, "hparams.json")) as f:
+        hps = HParams.from_json(f.read())
+    with tf.io.gfile.GFile(os.path.join(extra, "metadata.json")) as f:
+        metadata = json.loads(f.read())
+    metadata.pop("n_max", None)  # Written beside the data's metadata by the export; it writes it again.
+    model = SketchRNN(hps, schema.n_max(metadata))
+    model({"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2], tf.int32)}, training=False)
+    loaded = tf.saved_model.load(path)
+    groups, saved = [], list(getattr(loaded, "serving_variables", []))
+    while saved:  # One group per model weight: an int8 kernel's values, then its per-column scale.
+        v = saved.pop(0)
+        if v.dtype == tf.int8:
+            if not saved or saved[0].dtype != tf.float32 or tuple(saved[0].shape) != tuple(v.shape[-1:]):
+                raise ValueError(f"{path}: int8 variable {v.name} has no per-column scale after it")
+            groups.append((v, saved.pop(0)))
+        else:
+            groups.append((v,))
+    # Each weight takes the first unused variable of its shape: the export lists them in the model's
+    # order when it was written, and only the order of layers of different shapes has changed since.
+    for w in model.weights:
+        found = next((i for i, g in enumerate(groups) if tuple(g[0].shape) == tuple(w.shape)), None)
+        if found is None:
+            raise ValueError(f"{path}: no variable of shape {tuple(w.shape)} for the model's {w.path}: "
+                             "the export does not match its hparams.json")
+        w.assign(_stored_value(groups.pop(found)))
+    if groups:
+        raise ValueError(f"{path}: the export holds {len(groups)} variables its model does not have")
+    _check_as_exported(model, hps, metadata, loaded, path)
+    return model, hps, metadata
+
+
+def _check_as_exported(model, hps: HParams, metadata: dict[str, Any], loaded, path: str) -> None:
+    """Raises ValueError unless the rebuilt model computes what the export's signatures do: the
+    greedy (temperature 0) sketch from a fixed z (or, unconditional, `sample`'s), and `encode` of it."""
+    scale, n_max = float(metadata["scale_factor"]), schema.n_max(metadata)
+    zero, seed = tf.constant(0.0), tf.constant(1)
+    if hps.conditional:
+        z = tf.constant(np.random.default_rng(0).normal(size=[2, hps.z_size]).astype(np.float32))
+        want = loaded.signatures["decode"](z=z, temperature=zero, seed=seed)
+        strokes5, lengths = model.sample(2, zero, seed, z=z, max_len=n_max)
+    else:
+        want = loaded.signatures["sample"](num=tf.constant(2), temperature=zero, seed=seed)
+        strokes5, lengths = model.sample(2, zero, seed, max_len=n_max)
+    got = stroke5_to_stroke3_tf(strokes5, lengths, scale)
+    n = int(tf.reduce_min(tf.minimum(lengths, want["lengths"])))
+    close = np.allclose(got[:, :n].numpy(), want["strokes"][:, :n].numpy(), rtol=1e-3, atol=1e-3 * scale)
+    if hps.conditional and close:
+        enc = loaded.signatures["encode"](strokes=want["strokes"], lengths=want["lengths"])
+        mu, _ = model.encode(stroke3_to_stroke5_tf(want["strokes"], want["lengths"], scale), want["lengths"])
+        close = np.allclose(mu.numpy(), enc["mu"].numpy(), rtol=1e-3, atol=1e-4)
+    if not close:
+        raise ValueError(f"{path}: the model rebuilt from the export's weights does not draw what the "
+                         "export draws: its variables could not be matched to the model's weights")
