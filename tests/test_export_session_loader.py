@@ -269,6 +269,10 @@ def test_float16_export_refuses_weights_float16_cannot_hold(tmp_path):
     assert not (tmp_path / "1").exists()
     with pytest.raises(ValueError, match="weights must be one of"):
         export_saved_model(model, hps, metadata, str(tmp_path), version=1, weights="bfloat16")
+    kernel.assign(tf.fill(kernel.shape, float("nan")))
+    with pytest.raises(ValueError, match="not finite"):
+        export_saved_model(model, hps, metadata, str(tmp_path), version=1, weights="int8")
+    assert not (tmp_path / "1").exists()
 
 
 

@@ -86,11 +86,13 @@ def stored_kernels(model, weights: str = "float16") -> list[tuple[Any, tuple[tf.
             continue
         value = np.asarray(w.numpy())
         name = w.path.replace("/", "_") + "_" + weights
-        if not np.all(np.isfinite(value)) or (weights == "float16"
-                                               and np.abs(value).max(initial=0.0) > _FLOAT16_MAX):
-            raise ValueError(f"weight {w.path} holds values {weights} cannot store (largest magnitude "
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"weight {w.path} holds values that are not finite: the checkpoint is broken "
+                             "(NaN or inf); export an earlier one")
+        if weights == "float16" and np.abs(value).max(initial=0.0) > _FLOAT16_MAX:
+            raise ValueError(f"weight {w.path} holds values float16 cannot store (largest magnitude "
                              f"{np.abs(value).max():.4g}, float16's {_FLOAT16_MAX:g}): export it "
-                             f"with float32 weights (--weights float32, the default)")
+                             f"with float32 or int8 weights (--weights float32, the default, or int8)")
         if weights == "float16":
             pairs.append((w, (tf.Variable(value.astype(np.float16), trainable=False, name=name),)))
         else:
@@ -301,8 +303,10 @@ def load_export(path: str):
 
 
 def _check_as_exported(model, hps: HParams, metadata: dict[str, Any], loaded, path: str) -> None:
-    """Raises ValueError unless the rebuilt model computes what the export's signatures do: the
-    greedy (temperature 0) sketch from a fixed z (or, unconditional, `sample`'s), and `encode` of it."""
+    """Raises ValueError unless the rebuilt model computes what the export's signatures do: the first
+    10 points of the greedy (temperature 0) sketch from a fixed z (or, unconditional, `sample`'s),
+    and `encode` of that sketch. (Only the first points: a near tie between two mixture components
+    may go either way in two builds of the same weights, and the sketches part there.)"""
     scale, n_max = float(metadata["scale_factor"]), schema.n_max(metadata)
     zero, seed = tf.constant(0.0), tf.constant(1)
     if hps.conditional:
@@ -313,7 +317,7 @@ def _check_as_exported(model, hps: HParams, metadata: dict[str, Any], loaded, pa
         want = loaded.signatures["sample"](num=tf.constant(2), temperature=zero, seed=seed)
         strokes5, lengths = model.sample(2, zero, seed, max_len=n_max)
     got = stroke5_to_stroke3_tf(strokes5, lengths, scale)
-    n = int(tf.reduce_min(tf.minimum(lengths, want["lengths"])))
+    n = min(10, int(tf.reduce_min(tf.minimum(lengths, want["lengths"]))))
     close = np.allclose(got[:, :n].numpy(), want["strokes"][:, :n].numpy(), rtol=1e-3, atol=1e-3 * scale)
     if hps.conditional and close:
         enc = loaded.signatures["encode"](strokes=want["strokes"], lengths=want["lengths"])
