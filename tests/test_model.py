@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -268,7 +269,10 @@ def test_recurrent_dropout_only_in_training():
 
 
 def _model(max_len=30, **overrides):
-    tf.random.set_seed(0)
+    # Keras 3's initializers draw from Keras' own seed generator, which tf.random.set_seed leaves
+    # unseeded: without this the weights differ from run to run (and a greedy test could meet a
+    # near tie between two mixture components in one run of a hundred).
+    keras.utils.set_random_seed(0)
     hps = HParams.preset("tiny").replace(**overrides)
     model = SketchRNN(hps, max_len)
     model({"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2])})
