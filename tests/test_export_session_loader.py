@@ -358,10 +358,10 @@ def test_int8_export_stores_kernels_as_int8_and_serves_through_the_session_loade
 @pytest.mark.parametrize("weights", ["float32", "float16", "int8"])
 def test_load_export_rebuilds_the_model_with_the_weights_the_export_holds(export, tmp_path, weights):
     """load_export: the model's weights are what the signatures read (float16 and int8 turned back
-    into float32), and written again as float32 the export stores exactly those values."""
+    into float32). (Writing the rebuilt model again: the end-to-end test's `--from-export` step.)"""
     _, hps, model = export
     metadata = {"format_version": 1, "scale_factor": 10.0, "max_seq_len": MAX_SEQ_LEN, "classes": ["cat"]}
-    path = export_saved_model(model, hps, metadata, str(tmp_path / "a"), version=1, weights=weights)
+    path = export_saved_model(model, hps, metadata, str(tmp_path), version=1, weights=weights)
     rebuilt, hps2, metadata2 = load_export(path)
     assert hps2 == hps and metadata2 == metadata
     stored = {id(w): v for w, v in stored_kernels(model, weights)} if weights != "float32" else {}
@@ -372,12 +372,6 @@ def test_load_export_rebuilds_the_model_with_the_weights_the_export_holds(export
             v = stored[id(w)]
             want = v[0].numpy().astype(np.float32) * (v[1].numpy() if len(v) == 2 else 1.0)
         np.testing.assert_array_equal(r.numpy(), want, err_msg=w.path)
-    again = export_saved_model(rebuilt, hps2, metadata2, str(tmp_path / "b"), version=1)
-    a, b = (tf.saved_model.load(p) for p in (path, again))
-    for key in ("mu", "sigma"):
-        feed = {k: tf.constant(v) for k, v in _inputs(hps.z_size)["encode"].items()}
-        np.testing.assert_allclose(a.signatures["encode"](**feed)[key], b.signatures["encode"](**feed)[key],
-                                   rtol=1e-6, atol=1e-6)
 
 
 def test_load_export_of_a_shipped_model_written_before_its_layers_were_reordered():
