@@ -222,6 +222,27 @@ def _data_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if ".data-" in f)
 
 
+def _assert_serves_as_the_float32_export(path, hps, tf2_outputs, rtol, atol):
+    """An export with stored (rounded) kernels: the session loader runs every signature as the TF2
+    loader does, with the float32 export's dtypes; its latent statistics are the float32 export's
+    within rtol / atol, yet not identical (the kernels were rounded); its sketches are valid."""
+    inputs = _inputs(hps.z_size)
+    loaded = tf.saved_model.load(path)
+    tf2 = {name: {k: v.numpy() for k, v in loaded.signatures[name](
+        **{k: tf.constant(v) for k, v in feed.items()}).items()} for name, feed in inputs.items()}
+    with _xla_compilation_disabled():
+        _, got = _run_session_loader(path, inputs)
+    for name, want in tf2.items():
+        for key, value in want.items():
+            assert value.dtype == tf2_outputs[name][key].dtype, f"{name}.{key}"
+            np.testing.assert_allclose(got[name][key], value, rtol=1e-5, atol=1e-5, err_msg=f"{name}.{key}")
+    for key in ("mu", "sigma"):
+        np.testing.assert_allclose(tf2["encode"][key], tf2_outputs["encode"][key], rtol=rtol, atol=atol)
+        assert not np.array_equal(tf2["encode"][key], tf2_outputs["encode"][key])  # Rounded, not the same.
+    for name, num in (("sample", 3), ("complete", 2), ("decode", 2)):
+        _assert_valid(got[name]["strokes"], got[name]["lengths"], num, MAX_SEQ_LEN)
+
+
 def test_float16_export_stores_kernels_as_float16_and_serves_as_the_float32_one(export, tf2_outputs,
                                                                                 tmp_path):
     """`weights="float16"`: each kernel saved once, as float16 (the float32 copy not at all), the
@@ -240,21 +261,7 @@ def test_float16_export_stores_kernels_as_float16_and_serves_as_the_float32_one(
     n16 = sum(int(np.prod(w.shape)) for w in kernels)
     assert _data_bytes(path32) - _data_bytes(path16) == pytest.approx(2 * n16, rel=0.02)
 
-    inputs = _inputs(hps.z_size)
-    loaded = tf.saved_model.load(path16)
-    tf2 = {name: {k: v.numpy() for k, v in loaded.signatures[name](
-        **{k: tf.constant(v) for k, v in feed.items()}).items()} for name, feed in inputs.items()}
-    with _xla_compilation_disabled():
-        _, got = _run_session_loader(path16, inputs)
-    for name, want in tf2.items():
-        for key, value in want.items():
-            assert value.dtype == tf2_outputs[name][key].dtype, f"{name}.{key}"
-            np.testing.assert_allclose(got[name][key], value, rtol=1e-5, atol=1e-5, err_msg=f"{name}.{key}")
-    for key in ("mu", "sigma"):
-        np.testing.assert_allclose(tf2["encode"][key], tf2_outputs["encode"][key], rtol=1e-2, atol=1e-4)
-        assert not np.array_equal(tf2["encode"][key], tf2_outputs["encode"][key])  # Rounded, not the same.
-    for name, num in (("sample", 3), ("complete", 2), ("decode", 2)):
-        _assert_valid(got[name]["strokes"], got[name]["lengths"], num, MAX_SEQ_LEN)
+    _assert_serves_as_the_float32_export(path16, hps, tf2_outputs, rtol=1e-2, atol=1e-4)
 
 
 def test_float16_export_refuses_weights_float16_cannot_hold(tmp_path):
@@ -338,21 +345,7 @@ def test_int8_export_stores_kernels_as_int8_and_serves_through_the_session_loade
     everything = sum(int(np.prod(w.shape)) for w in model.weights)
     assert stored == 4 * (everything - n) + n + 4 * columns  # A byte per kernel weight, 4 per scale.
 
-    inputs = _inputs(hps.z_size)
-    loaded = tf.saved_model.load(path8)
-    tf2 = {name: {k: v.numpy() for k, v in loaded.signatures[name](
-        **{k: tf.constant(v) for k, v in feed.items()}).items()} for name, feed in inputs.items()}
-    with _xla_compilation_disabled():
-        _, got = _run_session_loader(path8, inputs)
-    for name, want in tf2.items():
-        for key, value in want.items():
-            assert value.dtype == tf2_outputs[name][key].dtype, f"{name}.{key}"
-            np.testing.assert_allclose(got[name][key], value, rtol=1e-5, atol=1e-5, err_msg=f"{name}.{key}")
-    for key in ("mu", "sigma"):
-        np.testing.assert_allclose(tf2["encode"][key], tf2_outputs["encode"][key], rtol=5e-2, atol=2e-3)
-        assert not np.array_equal(tf2["encode"][key], tf2_outputs["encode"][key])
-    for name, num in (("sample", 3), ("complete", 2), ("decode", 2)):
-        _assert_valid(got[name]["strokes"], got[name]["lengths"], num, MAX_SEQ_LEN)
+    _assert_serves_as_the_float32_export(path8, hps, tf2_outputs, rtol=5e-2, atol=2e-3)
 
 
 @pytest.mark.parametrize("weights", ["float32", "float16", "int8"])
