@@ -403,3 +403,21 @@ def test_load_export_refuses_what_does_not_fit(export, tmp_path):
     assert export_cli.main(["--from-export", str(tmp_path), "--export-dir", str(tmp_path / "x")]) == 1
     with pytest.raises(SystemExit):  # --checkpoint belongs to --model-dir.
         export_cli.main(["--from-export", str(path), "--export-dir", str(tmp_path / "x"), "--checkpoint", "best"])
+
+
+def test_load_export_of_an_unconditional_model(tmp_path):
+    """No encoder: load_export checks the rebuilt model against the export's `sample` signature."""
+    hps = HParams.preset("tiny").replace(conditional=False)
+    model = SketchRNN(hps, max_seq_len=MAX_SEQ_LEN)
+    model({"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2])}, training=False)
+    metadata = {"format_version": 1, "scale_factor": 10.0, "max_seq_len": MAX_SEQ_LEN, "classes": ["cat"]}
+    path = export_saved_model(model, hps, metadata, str(tmp_path), version=1, weights="int8")
+    rebuilt, _, _ = load_export(path)
+    stored = {id(w): v for w, v in stored_kernels(model, "int8")}
+    for w, r in zip(model.weights, rebuilt.weights):
+        want = stored[id(w)][0].numpy() * stored[id(w)][1].numpy() if id(w) in stored else w.numpy()
+        np.testing.assert_array_equal(r.numpy(), want, err_msg=w.path)
+    head = next(w for w in rebuilt.weights if w.path.endswith("/mixture_head/bias"))
+    head.assign(head.numpy() + 0.5)
+    with pytest.raises(ValueError, match="does not draw what the export draws"):
+        _check_as_exported(rebuilt, hps, metadata, tf.saved_model.load(path), path)

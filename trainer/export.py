@@ -257,27 +257,35 @@ def export_saved_model(model, hps: HParams, metadata: dict[str, Any], export_bas
     return path
 
 
+def build_model(folder: str):
+    """The SketchRNN that FOLDER/hparams.json and FOLDER/metadata.json describe (a training
+    --model-dir, or an export's assets.extra), built with fresh weights. Returns (model, hps,
+    metadata)."""
+    from model.sketch_rnn import SketchRNN
+
+    with tf.io.gfile.GFile(os.path.join(folder, "hparams.json")) as f:
+        hps = HParams.from_json(f.read())
+    with tf.io.gfile.GFile(os.path.join(folder, schema.METADATA_FILE)) as f:
+        metadata = json.loads(f.read())
+    model = SketchRNN(hps, schema.n_max(metadata))
+    model({"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2], tf.int32)}, training=False)
+    return model, hps, metadata
+
+
 def load_export(path: str):
     """Rebuilds the Keras model of an export that `export_saved_model` wrote (a version dir, with
     any weight storage): its hparams and metadata from assets.extra, its weights from the
     variables the signatures read (float16 and int8 kernels turned back into float32). Returns
     (model, hps, metadata). Raises FileNotFoundError if `path` is not such an export, ValueError
     if its variables do not fit the model its hparams describe."""
-    from model.sketch_rnn import SketchRNN
-
     extra = os.path.join(path, "assets.extra")
     for need in (os.path.join(path, "saved_model.pb"), os.path.join(extra, "hparams.json"),
-                 os.path.join(extra, "metadata.json")):
+                 os.path.join(extra, schema.METADATA_FILE)):
         if not tf.io.gfile.exists(need):
             raise FileNotFoundError(f"{need} not found: give a version dir of a `sketch-rnn export` "
                                     "(EXPORT_DIR/<version>)")
-    with tf.io.gfile.GFile(os.path.join(extra, "hparams.json")) as f:
-        hps = HParams.from_json(f.read())
-    with tf.io.gfile.GFile(os.path.join(extra, "metadata.json")) as f:
-        metadata = json.loads(f.read())
+    model, hps, metadata = build_model(extra)
     metadata.pop("n_max", None)  # Written beside the data's metadata by the export; it writes it again.
-    model = SketchRNN(hps, schema.n_max(metadata))
-    model({"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2], tf.int32)}, training=False)
     loaded = tf.saved_model.load(path)
     groups, saved = [], list(getattr(loaded, "serving_variables", []))
     while saved:  # One group per model weight: an int8 kernel's values, then its per-column scale.
@@ -307,22 +315,21 @@ def _check_as_exported(model, hps: HParams, metadata: dict[str, Any], loaded, pa
     10 points of the greedy (temperature 0) sketch from a fixed z (or, unconditional, `sample`'s),
     and `encode` of that sketch. (Only the first points: a near tie between two mixture components
     may go either way in two builds of the same weights, and the sketches part there.)"""
-    scale, n_max = float(metadata["scale_factor"]), schema.n_max(metadata)
+    mine = SketchModule(model, hps, metadata)  # The rebuilt model behind the export's own functions.
     zero, seed = tf.constant(0.0), tf.constant(1)
     if hps.conditional:
         z = tf.constant(np.random.default_rng(0).normal(size=[2, hps.z_size]).astype(np.float32))
-        want = loaded.signatures["decode"](z=z, temperature=zero, seed=seed)
-        strokes5, lengths = model.sample(2, zero, seed, z=z, max_len=n_max)
+        want, got = (f(z=z, temperature=zero, seed=seed) for f in (loaded.signatures["decode"], mine.decode))
     else:
-        want = loaded.signatures["sample"](num=tf.constant(2), temperature=zero, seed=seed)
-        strokes5, lengths = model.sample(2, zero, seed, max_len=n_max)
-    got = stroke5_to_stroke3_tf(strokes5, lengths, scale)
-    n = min(10, int(tf.reduce_min(tf.minimum(lengths, want["lengths"]))))
-    close = np.allclose(got[:, :n].numpy(), want["strokes"][:, :n].numpy(), rtol=1e-3, atol=1e-3 * scale)
+        want, got = (f(num=tf.constant(2), temperature=zero, seed=seed)
+                     for f in (loaded.signatures["sample"], mine.sample))
+    n = min(10, int(tf.reduce_min(tf.minimum(got["lengths"], want["lengths"]))))
+    close = np.allclose(got["strokes"][:, :n].numpy(), want["strokes"][:, :n].numpy(), rtol=1e-3,
+                        atol=1e-3 * mine.scale)
     if hps.conditional and close:
-        enc = loaded.signatures["encode"](strokes=want["strokes"], lengths=want["lengths"])
-        mu, _ = model.encode(stroke3_to_stroke5_tf(want["strokes"], want["lengths"], scale), want["lengths"])
-        close = np.allclose(mu.numpy(), enc["mu"].numpy(), rtol=1e-3, atol=1e-4)
+        feed = {"strokes": want["strokes"], "lengths": want["lengths"]}
+        close = np.allclose(mine.encode(**feed)["mu"].numpy(), loaded.signatures["encode"](**feed)["mu"].numpy(),
+                            rtol=1e-3, atol=1e-4)
     if not close:
         raise ValueError(f"{path}: the model rebuilt from the export's weights does not draw what the "
                          "export draws: its variables could not be matched to the model's weights")

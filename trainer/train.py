@@ -684,17 +684,12 @@ def load_trained_model(model_dir: str, checkpoint: str | None = None):
 
     Returns (model, hps, metadata). `checkpoint`: a path, "best", or None for the latest.
     """
-    from model.sketch_rnn import SketchRNN
+    from trainer.export import build_model
 
     hp_path = os.path.join(model_dir, "hparams.json")
     if not tf.io.gfile.exists(hp_path):
         raise FileNotFoundError(f"{hp_path} not found: is {model_dir!r} a `sketch-rnn train` --model-dir?")
-    with tf.io.gfile.GFile(hp_path) as f:
-        hps = HParams.from_json(f.read())
-    with tf.io.gfile.GFile(os.path.join(model_dir, schema.METADATA_FILE)) as f:
-        metadata = json.loads(f.read())
-    model = SketchRNN(hps, schema.n_max(metadata))
-    model({"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2], tf.int32)}, training=False)
+    model, hps, metadata = build_model(model_dir)
     restorer = tf.train.Checkpoint(model=model)
     if checkpoint in (None, "best"):
         sub = os.path.join(model_dir, "best" if checkpoint == "best" else "checkpoints")
