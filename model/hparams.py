@@ -49,6 +49,15 @@ class HParams:
     # (not S_0, not end-of-sketch rows; the targets stay clean), so the decoder learns to go on
     # from offsets a little off the data's, as its own samples are when it draws (exposure bias).
     dec_input_noise: float = 0.0
+    # Not in the reference (off by default): training only, parallel scheduled sampling (Duckworth
+    # et al. 2019, one extra pass). A first teacher-forced pass of the decoder, without dropout or
+    # gradient, draws at every step its own S_i at this temperature (never an end row); each input
+    # S_1..S_{T-1} that is not an end row is then swapped, with this probability, for the decoder's
+    # draw of it, and the trained pass reads the mixed rows (the targets stay the data's). Against
+    # exposure bias with the model's own errors rather than dec_input_noise's Gaussian ones; about
+    # a third more time per step.
+    dec_scheduled_sampling: float = 0.0
+    dec_scheduled_sampling_temperature: float = 0.5
     use_recurrent_dropout: bool = True  # Dropout on the cell candidate ("without memory loss").
     recurrent_dropout_rate: float = 0.1
     use_input_dropout: bool = False
@@ -115,6 +124,8 @@ class HParams:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 errors.append(f"{name} must be in [0, 1), got {value}")
+        if not 0.0 <= self.dec_scheduled_sampling <= 1.0:
+            errors.append(f"dec_scheduled_sampling must be in [0, 1], got {self.dec_scheduled_sampling}")
         if not 0.0 <= self.augment_flip_prob <= 1.0:
             errors.append(f"augment_flip_prob must be in [0, 1], got {self.augment_flip_prob}")
         if not 0.0 <= self.augment_rotate_degrees <= 180.0:
@@ -127,7 +138,7 @@ class HParams:
             if getattr(self, name) <= 0:
                 errors.append(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("min_learning_rate", "kl_weight", "kl_weight_start", "kl_tolerance",
-                     "dec_input_noise"):
+                     "dec_input_noise", "dec_scheduled_sampling_temperature"):
             if getattr(self, name) < 0:
                 errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.dec_model not in CELL_TYPES:

@@ -162,7 +162,7 @@ class LSTM(keras.layers.Layer):
 
     def call(self, inputs: tf.Tensor, initial_state: tuple[tf.Tensor, tf.Tensor] | None = None,
              lengths: tf.Tensor | None = None, training: bool = False,
-             static_inputs: tf.Tensor | None = None):
+             static_inputs: tf.Tensor | None = None, dropout: bool = True):
         """Runs the whole sequence.
 
         Args:
@@ -170,7 +170,9 @@ class LSTM(keras.layers.Layer):
           initial_state: (h, c) `[B, H]` each; zeros when None.
           lengths: `[B]` int; the state stops changing after `lengths[b]` steps (outputs after
             that repeat the last h). None: all T steps are real.
-          training: enables recurrent dropout.
+          training: enables recurrent dropout, and the fused training kernel where it applies.
+          dropout: False leaves recurrent dropout out even in training (a pass of the training
+            graph that must see the model as it samples, on the training kernel).
           static_inputs: `[B, S]` inputs of every step (S = `static_size`), the same as
             concatenating them to `inputs` at each step; None: `inputs` hold all the kernel's rows.
         Returns:
@@ -183,7 +185,7 @@ class LSTM(keras.layers.Layer):
             zeros = tf.zeros([batch, self.state_units], dtype)
             initial_state = (zeros, zeros)
         h0, c0 = (tf.cast(s, dtype) for s in initial_state)
-        use_dropout = bool(training) and self.recurrent_dropout > 0.0
+        use_dropout = bool(training) and dropout and self.recurrent_dropout > 0.0
         plain = self._plain_cell
         if not use_dropout and plain and self.compute_dtype == "float32" and _gpu_available():
             full = inputs

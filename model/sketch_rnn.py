@@ -23,6 +23,8 @@ END_ROW = (0.0, 0.0, 0.0, 0.0, 1.0)  # Padding after a sketch's end.
 
 # Seed salts: independent stateless streams for each random draw of the sampler.
 _SALT_Z, _SALT_EPS, _SALT_PEN, _SALT_PI, _SALT_XY = 11, 13, 17, 19, 23
+# hps.dec_scheduled_sampling: the seed of a training step's draws (one stateful draw per step).
+_SEED_RANGE = 2**31 - 1
 
 
 def _seed(seed: tf.Tensor, salt, t=0) -> tf.Tensor:
@@ -176,17 +178,20 @@ class SketchRNN(keras.Model):
         return 7 if self.hps.dec_position else 5
 
     def _run_decoder(self, prev: tf.Tensor, z: tf.Tensor | None, state, training: bool = False,
-                     lengths: tf.Tensor | None = None):
+                     lengths: tf.Tensor | None = None, dropout: bool = True):
         """The decoder over `[B, T, 5]` rows S_{i-1} with z at every step -> (h `[B, T, H]`, state).
-        `prev` starts at S_0 (hps.dec_position: the position is the running sum of its offsets)."""
+        `prev` starts at S_0 (hps.dec_position: the position is the running sum of its offsets).
+        `dropout` False: no dropout, even in training (which still picks the training kernel)."""
         if self.hps.dec_position:
             prev = tf.concat([prev, tf.cumsum(prev[..., :2], axis=1)], axis=-1)
+        drop = bool(training) and dropout
         if self.decoder.static_size:
-            x = self.input_dropout(prev, training=training)
+            x = self.input_dropout(prev, training=drop)
             return self.decoder(x, initial_state=state, training=training, lengths=lengths,
-                                static_inputs=z)
-        x = self.input_dropout(self._decoder_inputs(prev, z), training=training)
-        return self.decoder(x, initial_state=state, training=training, lengths=lengths)
+                                static_inputs=z, dropout=dropout)
+        x = self.input_dropout(self._decoder_inputs(prev, z), training=drop)
+        return self.decoder(x, initial_state=state, training=training, lengths=lengths,
+                            dropout=dropout)
 
     def _noisy_offsets(self, prev: tf.Tensor) -> tf.Tensor:
         """hps.dec_input_noise: `prev` (S_0..S_{T-1}) with N(0, noise^2) added to the offsets of
@@ -195,6 +200,26 @@ class SketchRNN(keras.Model):
         keep = 1.0 - prev[..., 4:5]  # 0 on end-of-sketch (padding) rows.
         first = tf.one_hot(0, tf.shape(prev)[1], on_value=0.0, off_value=1.0)[None, :, None]
         return tf.concat([prev[..., :2] + noise * keep * first, prev[..., 2:]], axis=-1)
+
+    def scheduled_inputs(self, prev: tf.Tensor, z: tf.Tensor | None, state, lengths,
+                         rate: float, temperature: float, seed: tf.Tensor) -> tf.Tensor:
+        """hps.dec_scheduled_sampling: `prev` (S_0..S_{T-1}) with each row S_1.. that is not an end
+        row swapped, with probability `rate`, for the decoder's own draw of it (`sample_step` at
+        `temperature`, no end row) from a teacher-forced pass over `prev` without dropout. No
+        gradient flows through the draws or the pass."""
+        stop = lambda x: None if x is None else tf.stop_gradient(x)  # noqa: E731
+        # training=True with dropout off: the training kernel (fused where it applies), no dropout.
+        h, _ = self._run_decoder(prev, stop(z), tf.nest.map_structure(stop, state), True,
+                                 lengths=lengths, dropout=False)
+        out = tf.stop_gradient(self.head(h))  # out[:, i] parametrizes S_{i+1}, prev[:, i + 1].
+        b, t = tf.shape(out)[0], tf.shape(out)[1]
+        rows = sample_step(tf.reshape(out, [b * t, -1]), self.hps.num_mixture,
+                           tf.constant(temperature, tf.float32), seed, 0, allow_end=False)
+        drawn = tf.concat([prev[:, :1], tf.reshape(rows, [b, t, 5])[:, :-1]], axis=1)
+        u = tf.random.stateless_uniform([b, t, 1], _seed(seed, _SALT_EPS, 1))
+        first = tf.one_hot(0, t, on_value=False, off_value=True)[None, :, None]
+        swap = (u < rate) & (prev[..., 4:5] < 0.5) & first
+        return tf.where(swap, tf.cast(drawn, prev.dtype), prev)
 
     def call(self, inputs: dict, training: bool = False) -> dict:
         """Teacher-forced pass.
@@ -224,8 +249,12 @@ class SketchRNN(keras.Model):
             result.update(mu=mu, sigma_hat=sigma_hat, z=z)
         state = self.initial_decoder_state(z, batch)
         run = inputs.get("decoder_lengths")
-        h, _ = self._run_decoder(prev, z, state, training,
-                                 lengths=None if run is None else tf.cast(run, tf.int32))
+        run = None if run is None else tf.cast(run, tf.int32)
+        if training and self.hps.dec_scheduled_sampling > 0:
+            seed = tf.random.uniform([], maxval=_SEED_RANGE, dtype=tf.int64)
+            prev = self.scheduled_inputs(prev, z, state, run, self.hps.dec_scheduled_sampling,
+                                         self.hps.dec_scheduled_sampling_temperature, seed)
+        h, _ = self._run_decoder(prev, z, state, training, lengths=run)
         h = self.output_dropout(h, training=training)
         result["outputs"] = self.head(h)
         return result

@@ -212,6 +212,9 @@ def test_fused_dropout_is_inverted_dropout_with_a_fresh_mask_each_step(ops):
     assert np.all(np.abs(freq - rate) < 5 * np.sqrt(rate * keep / n)), freq
     both = ((np.abs(seq.numpy()[:, 0]) < 1e-9) & (np.abs(seq.numpy()[:, 1]) < 1e-9)).mean(0)
     assert np.all(np.abs(both - rate ** 2) < 5 * np.sqrt(rate ** 2 / n)), both
+    # dropout=False (the first pass of hps.dec_scheduled_sampling): the training kernel, no dropout.
+    _, (_, c_plain) = layer(tf.constant(x), training=True, dropout=False)
+    np.testing.assert_allclose(c_plain.numpy(), np.tile(c_eval, [n, 1]), rtol=1e-5)
 
 
 def test_evaluation_and_export_graphs_never_hold_the_custom_op(ops):

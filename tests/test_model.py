@@ -476,6 +476,52 @@ def test_decoder_input_noise_only_on_training_offsets():
         HParams(dec_input_noise=-0.1)
 
 
+def test_scheduled_sampling_swaps_inputs_for_the_decoders_own_draws():
+    """hps.dec_scheduled_sampling: rows S_1.. that are not end rows are swapped, with the given
+    probability, for the decoder's draw of them from a teacher-forced pass without dropout; at
+    temperature 0 that draw is the greedy row (likeliest pen state but the end, likeliest
+    component's mean), computed here from the evaluation pass's outputs."""
+    model, hps = _model(max_len=40, recurrent_dropout_rate=0.5, dec_scheduled_sampling=1.0,
+                        dec_scheduled_sampling_temperature=0.0)
+    rng = np.random.default_rng(3)
+    strokes = np.stack([stroke3_to_stroke5(np.c_[rng.normal(size=[n, 2]), rng.random(n) < 0.2], 40)
+                        for n in (30, 12)])
+    prev = np.concatenate([np.tile(np.array(START_ROW, np.float32), [2, 1, 1]), strokes[:, :-1]], 1)
+    z = tf.constant(rng.normal(size=[2, hps.z_size]).astype(np.float32))
+    state = model.initial_decoder_state(z, 2)
+    h, _ = model._run_decoder(tf.constant(prev), z, state, training=False)
+    p = {k: v.numpy() for k, v in losses.split_outputs(model.head(h), hps.num_mixture).items()}
+    k = p["pi_logits"].argmax(-1)[..., None]
+    greedy = np.concatenate([np.take_along_axis(p["mu_x"], k, -1), np.take_along_axis(p["mu_y"], k, -1),
+                             np.eye(3)[p["pen_logits"][..., :2].argmax(-1)]], -1)
+    mixed = model.scheduled_inputs(tf.constant(prev), z, state, None, 1.0, 0.0,
+                                   tf.constant(7, tf.int64)).numpy()
+    end = prev[..., 4] == 1
+    np.testing.assert_array_equal(mixed[:, 0], prev[:, 0])
+    np.testing.assert_array_equal(mixed[end], prev[end])
+    swapped = ~end
+    swapped[:, 0] = False
+    np.testing.assert_allclose(mixed[:, 1:][swapped[:, 1:]], greedy[:, :-1][swapped[:, 1:]], atol=1e-5)
+    assert swapped.sum() == 30 + 12
+    # Probability 0.5 at temperature 0.5: about half the rows, each a drawn pen-down/up row.
+    drawn = [model.scheduled_inputs(tf.constant(prev), z, state, None, 0.5, 0.5,
+                                    tf.constant(s, tf.int64)).numpy() for s in range(10)]
+    changed = np.array([np.any(d != prev, axis=-1)[swapped] for d in drawn])
+    assert 0.35 < changed.mean() < 0.65
+    rows = np.concatenate([d[swapped] for d in drawn])
+    assert np.all(rows[:, 4] == 0) and np.all(rows[:, 2] + rows[:, 3] == 1)
+    # A training step runs through the swap: every weight gets a finite gradient.
+    inputs = {"strokes": tf.constant(strokes), "lengths": tf.constant([30, 12])}
+    with tf.GradientTape() as tape:
+        out = model(inputs, training=True)["outputs"]
+        loss = tf.reduce_mean(tf.square(out))
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert all(g is not None and np.all(np.isfinite(tf.convert_to_tensor(g).numpy())) for g in grads)
+    for name, value in (("dec_scheduled_sampling", 1.5), ("dec_scheduled_sampling_temperature", -1.0)):
+        with pytest.raises(ValueError, match=name):
+            HParams(**{name: value})
+
+
 def test_completion_keeps_the_prefix():
     model, _ = _model(max_len=30)
     prefix = np.zeros([1, 12, 5], np.float32)
