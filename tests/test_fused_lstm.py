@@ -3,6 +3,7 @@ fallback, the trainer's choice of it, and the loss of a decoder that stops after
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
@@ -265,29 +266,49 @@ def _child(code, **env):
     return proc.stdout.strip().splitlines()[-1].split(" | ")
 
 
-CHOICE = '''
+CHOICES = '''
+import json, os, sys
 from model.hparams import HParams
+from trainer import kernels
 from trainer.train import resolve_lstm_kernel
-ops, why = resolve_lstm_kernel(HParams.preset("tiny").with_overrides({sets!r}))
-print(ops is not None, "|", why)
+default = dict(os.environ)
+out = {}
+for name, sets, env in json.loads(sys.argv[1]):
+    os.environ.clear()
+    os.environ.update({**default, **env})
+    kernels._STATE.clear()  # What a fresh process starts with: nothing loaded, no reason yet.
+    try:
+        ops, why = resolve_lstm_kernel(HParams.preset("tiny").with_overrides(sets))
+        out[name] = [ops is not None, why]
+    except RuntimeError as e:
+        out[name] = ["error", str(e)]
+print("RESULT " + json.dumps(out))
 '''
 
 
 def test_trainer_falls_back_to_the_loop_and_says_why(tmp_path):
     """No compiler (auto): the loop, with the reason; lstm_kernel=fused there: an error; bf16 or
-    SKETCH_RNN_FUSED_LSTM=0: the loop."""
+    SKETCH_RNN_FUSED_LSTM=0: the loop. One child process (TensorFlow not yet running, as in
+    `sketch-rnn train`), each case from a clean kernel state under its own environment."""
     empty = {"SKETCH_RNN_KERNEL_CACHE": str(tmp_path / "empty"), "CXX": "/nonexistent/g++", "PATH": "/nonexistent"}
-    used, why = _child(CHOICE.format(sets=[]), **empty)
-    assert used == "False" and "no C++ compiler found" in why and "TensorFlow loop" in why
-    proc = subprocess.run([sys.executable, "-c", CHOICE.format(sets=["lstm_kernel=fused"])], capture_output=True,
-                          text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **empty})
-    assert proc.returncode != 0 and "lstm_kernel=fused cannot be used" in proc.stderr
-    used, why = _child(CHOICE.format(sets=["precision=mixed_bfloat16"]))
-    assert used == "False" and "precision mixed_bfloat16" in why
-    used, why = _child(CHOICE.format(sets=[]), SKETCH_RNN_FUSED_LSTM="0")
-    assert used == "False" and "SKETCH_RNN_FUSED_LSTM=0" in why
-    used, why = _child(CHOICE.format(sets=[]))
-    assert used == "True" and "fused CPU kernel" in why
+    cases = [("no_compiler", [], empty), ("fused_no_compiler", ["lstm_kernel=fused"], empty),
+             ("bf16", ["precision=mixed_bfloat16"], {}), ("off", [], {"SKETCH_RNN_FUSED_LSTM": "0"}),
+             ("default", [], {})]
+    proc = subprocess.run([sys.executable, "-c", CHOICES, json.dumps(cases)], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO),
+                                                      "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
+    used, why = got["no_compiler"]
+    assert used is False and "no C++ compiler found" in why and "TensorFlow loop" in why
+    used, why = got["fused_no_compiler"]
+    assert used == "error" and "lstm_kernel=fused cannot be used" in why
+    used, why = got["bf16"]
+    assert used is False and "precision mixed_bfloat16" in why
+    used, why = got["off"]
+    assert used is False and "SKETCH_RNN_FUSED_LSTM=0" in why
+    used, why = got["default"]
+    assert used is True and "fused CPU kernel" in why
 
 
 def test_training_steps_with_the_kernel_equal_the_loop(tmp_path, sample_dir, ops):

@@ -388,48 +388,59 @@ SPLITS_SCRIPT = textwrap.dedent('''
     import json, sys
     import tensorflow as tf
     from trainer import train
-    train.available_cores = lambda: int(sys.argv[1])
-    first = train.resolve_rnn_batch_splits(0)
-    pools = [tf.config.threading.get_intra_op_parallelism_threads(),
-             tf.config.threading.get_inter_op_parallelism_threads()]
+    out = {}
+    # Before TensorFlow's runtime starts its thread pools can be set again and again: each core
+    # count in turn, as a fresh process with that many cores would see it.
+    for cores in map(int, sys.argv[1:]):
+        train.available_cores = lambda: cores
+        first = train.resolve_rnn_batch_splits(0)
+        pools = [tf.config.threading.get_intra_op_parallelism_threads(),
+                 tf.config.threading.get_inter_op_parallelism_threads()]
+        out[cores] = {"first": first, "pools": pools}
     tf.constant(1.0) + 1.0  # The runtime starts: its pools can no longer change.
-    train.available_cores = lambda: 2 * int(sys.argv[1])
-    again = train.resolve_rnn_batch_splits(0)
-    print("RESULT " + json.dumps({"first": first, "pools": pools, "again": again,
-                                  "set": train.resolve_rnn_batch_splits(3)}))
+    train.available_cores = lambda: 4
+    out["again"] = train.resolve_rnn_batch_splits(0)
+    out["set"] = train.resolve_rnn_batch_splits(3)
+    print("RESULT " + json.dumps(out))
 ''')
 
 
-def _splits_child(tmp_path, cores, **env):
+def test_rnn_batch_splits_auto_one_loop_per_core_with_single_threaded_ops(tmp_path):
     script = tmp_path / "splits.py"
     script.write_text(SPLITS_SCRIPT)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TF_NUM_")}
-    proc = subprocess.run([sys.executable, str(script), str(cores)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(script), "16", "1", "2"], capture_output=True, text=True,
                           cwd=REPO, env={**clean, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "",
-                                         "TF_CPP_MIN_LOG_LEVEL": "3", **env}, timeout=300)
+                                         "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
+    got = json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
+    assert got["16"]["first"] == [4, "auto: 16 cores, 4 intra-op / 16 inter-op threads"]
+    assert got["16"]["pools"] == [4, 16]
+    assert got["1"]["first"] == [1, "auto: 1 core, 1 intra-op / 1 inter-op threads"]
+    assert got["1"]["pools"] == [1, 1]
+    assert got["2"]["first"] == [2, "auto: 2 cores, 1 intra-op / 2 inter-op threads"]
+    assert got["2"]["pools"] == [1, 2]
+    assert got["again"] == [4, "auto: 4 cores, TensorFlow's thread pools already started"]
+    assert got["set"] == [3, "set"]
 
 
-def test_rnn_batch_splits_auto_one_loop_per_core_with_single_threaded_ops(tmp_path):
-    two = _splits_child(tmp_path, 2)
-    assert two["first"] == [2, "auto: 2 cores, 1 intra-op / 2 inter-op threads"]
-    assert two["pools"] == [1, 2]
-    assert two["again"] == [4, "auto: 4 cores, TensorFlow's thread pools already started"]
-    assert two["set"] == [3, "set"]
-    many = _splits_child(tmp_path, 16)
-    assert many["first"] == [4, "auto: 16 cores, 4 intra-op / 16 inter-op threads"]
-    assert many["pools"] == [4, 16]
-    assert _splits_child(tmp_path, 1)["first"] == [1, "auto: 1 core, 1 intra-op / 1 inter-op threads"]
+@pytest.mark.parametrize("env, loops", [
+    ({"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}, 1),
+    ({"TF_NUM_INTRAOP_THREADS": "2"}, 4),
+    ({"TF_NUM_INTEROP_THREADS": "0"}, 4),  # 0: TensorFlow's default, all cores.
+])
+def test_rnn_batch_splits_auto_keeps_thread_pools_from_the_environment(monkeypatch, env, loops):
+    """Pools set through the environment are kept: the function returns before it touches them
+    (so it runs here, in the test process, whose pools are long started)."""
+    from trainer import train
 
-
-def test_rnn_batch_splits_auto_keeps_thread_pools_from_the_environment(tmp_path):
-    got = _splits_child(tmp_path, 4, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
-    assert got["first"] == [1, "auto: 4 cores, thread pools from the environment"]
-    got = _splits_child(tmp_path, 4, TF_NUM_INTRAOP_THREADS="2")
-    assert got["first"] == [4, "auto: 4 cores, thread pools from the environment"]
-    got = _splits_child(tmp_path, 4, TF_NUM_INTEROP_THREADS="0")  # 0: TensorFlow's default, all cores
-    assert got["first"] == [4, "auto: 4 cores, thread pools from the environment"]
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(train, "available_cores", lambda: 4)
+    monkeypatch.setattr(train.tf.config, "list_physical_devices", lambda kind=None: [])  # No GPU.
+    assert train.resolve_rnn_batch_splits(0) == (loops, "auto: 4 cores, thread pools from the environment")
 
 
 STRATEGY_SCRIPT = textwrap.dedent('''
