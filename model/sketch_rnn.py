@@ -193,13 +193,19 @@ class SketchRNN(keras.Model):
         return self.decoder(x, initial_state=state, training=training, lengths=lengths,
                             dropout=dropout)
 
+    @staticmethod
+    def _drawn_rows(prev: tf.Tensor) -> tf.Tensor:
+        """`[B, T, 1]` bool: the rows of `prev` (S_0..S_{T-1}) the decoder draws itself when it
+        samples, S_1.. that are not end-of-sketch (padding) rows; False on S_0."""
+        later = tf.one_hot(0, tf.shape(prev)[1], on_value=False, off_value=True)[None, :, None]
+        return later & (prev[..., 4:5] < 0.5)
+
     def _noisy_offsets(self, prev: tf.Tensor) -> tf.Tensor:
         """hps.dec_input_noise: `prev` (S_0..S_{T-1}) with N(0, noise^2) added to the offsets of
         S_1.. that are not end-of-sketch rows; S_0 and the pen states stay as they are."""
         noise = tf.random.normal(tf.shape(prev[..., :2]), stddev=self.hps.dec_input_noise)
-        keep = 1.0 - prev[..., 4:5]  # 0 on end-of-sketch (padding) rows.
-        first = tf.one_hot(0, tf.shape(prev)[1], on_value=0.0, off_value=1.0)[None, :, None]
-        return tf.concat([prev[..., :2] + noise * keep * first, prev[..., 2:]], axis=-1)
+        noise = noise * tf.cast(self._drawn_rows(prev), noise.dtype)
+        return tf.concat([prev[..., :2] + noise, prev[..., 2:]], axis=-1)
 
     def scheduled_inputs(self, prev: tf.Tensor, z: tf.Tensor | None, state, lengths,
                          rate: float, temperature: float, seed: tf.Tensor) -> tf.Tensor:
@@ -217,8 +223,7 @@ class SketchRNN(keras.Model):
                            tf.constant(temperature, tf.float32), seed, 0, allow_end=False)
         drawn = tf.concat([prev[:, :1], tf.reshape(rows, [b, t, 5])[:, :-1]], axis=1)
         u = tf.random.stateless_uniform([b, t, 1], _seed(seed, _SALT_EPS, 1))
-        first = tf.one_hot(0, t, on_value=False, off_value=True)[None, :, None]
-        swap = (u < rate) & (prev[..., 4:5] < 0.5) & first
+        swap = (u < rate) & self._drawn_rows(prev)
         return tf.where(swap, tf.cast(drawn, prev.dtype), prev)
 
     def call(self, inputs: dict, training: bool = False) -> dict:
