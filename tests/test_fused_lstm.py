@@ -258,14 +258,6 @@ def test_build_turns_off_avx512_fp16_where_the_cpu_has_it(monkeypatch):
     assert "-march=native" in cmd and "-mno-avx512fp16" not in cmd
 
 
-def _child(code, **env):
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3",
-                                         **env})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.strip().splitlines()[-1].split(" | ")
-
-
 CHOICES = '''
 import json, os, sys
 from model.hparams import HParams

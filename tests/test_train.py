@@ -405,9 +405,14 @@ SPLITS_SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_rnn_batch_splits_auto_one_loop_per_core_with_single_threaded_ops(tmp_path, monkeypatch):
-    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):  # Pools left to the function.
+@pytest.fixture
+def no_pool_env(monkeypatch):
+    """TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS unset: the pools are left to the function."""
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
         monkeypatch.delenv(name, raising=False)
+
+
+def test_rnn_batch_splits_auto_one_loop_per_core_with_single_threaded_ops(tmp_path, no_pool_env):
     got = run_script(tmp_path, SPLITS_SCRIPT, 16, 1, 2)
     assert got["16"]["first"] == [4, "auto: 16 cores, 4 intra-op / 16 inter-op threads"]
     assert got["16"]["pools"] == [4, 16]
@@ -424,13 +429,11 @@ def test_rnn_batch_splits_auto_one_loop_per_core_with_single_threaded_ops(tmp_pa
     ({"TF_NUM_INTRAOP_THREADS": "2"}, 4),
     ({"TF_NUM_INTEROP_THREADS": "0"}, 4),  # 0: TensorFlow's default, all cores.
 ])
-def test_rnn_batch_splits_auto_keeps_thread_pools_from_the_environment(monkeypatch, env, loops):
+def test_rnn_batch_splits_auto_keeps_thread_pools_from_the_environment(no_pool_env, monkeypatch, env, loops):
     """Pools set through the environment are kept: the function returns before it touches them
     (so it runs here, in the test process, whose pools are long started)."""
     from trainer import train
 
-    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
-        monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(train, "available_cores", lambda: 4)
