@@ -18,8 +18,9 @@ import sys
 
 import pytest
 
+from deploy.sample import PRETRAINED_DIR as PRETRAINED, export_versions, shipped_models
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRETRAINED = os.path.join(REPO, "deploy", "pretrained")
 REQUIRED = ("pig", "face", "alarm_clock")  # issue 11: at least these three
 
 # Runs in a fresh interpreter: only tensorflow and numpy are imported, never this project's packages.
@@ -77,20 +78,13 @@ print("RESULT " + json.dumps(res))
 """
 
 
-def shipped():
-    names = sorted(n for n in os.listdir(PRETRAINED) if os.path.isdir(os.path.join(PRETRAINED, n)))
-    out = []
-    for name in names:
-        versions = [v for v in os.listdir(os.path.join(PRETRAINED, name)) if v.isdigit()]
-        out.append((name, versions))
-    return out
-
-
 def test_the_required_models_are_shipped_each_as_one_versioned_export_with_its_card():
-    found = dict(shipped())
+    found = shipped_models()  # what `sketch-rnn sample --model NAME` accepts
     for name in REQUIRED:
         assert name in found, f"deploy/pretrained/{name} is missing"
-    for name, versions in found.items():
+    for name in found:
+        # every numeric directory counts here, also one without saved_model.pb that the loader skips
+        versions = [v for v in os.listdir(os.path.join(PRETRAINED, name)) if v.isdigit()]
         assert len(versions) == 1, f"{name}: ship exactly one version directory, found {versions}"
         vdir = os.path.join(PRETRAINED, name, versions[0])
         for rel in ("saved_model.pb", "variables/variables.index",
@@ -106,8 +100,8 @@ def test_the_required_models_are_shipped_each_as_one_versioned_export_with_its_c
 
 @pytest.mark.parametrize("name", REQUIRED)
 def test_shipped_export_draws_encodes_completes_and_interpolates_with_tensorflow_alone(name):
-    (version,) = dict(shipped())[name]
-    vdir = os.path.join(PRETRAINED, name, version)
+    version = export_versions(os.path.join(PRETRAINED, name))[-1]  # the one `--model NAME` loads
+    vdir = os.path.join(PRETRAINED, name, str(version))
     env = dict(os.environ, PYTHONPATH="", TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, "-c", CHILD, vdir], cwd=os.path.dirname(REPO), env=env,
                           capture_output=True, text=True, timeout=300)
