@@ -264,6 +264,33 @@ def test_float16_export_stores_kernels_as_float16_and_serves_as_the_float32_one(
     _assert_serves_as_the_float32_export(path16, hps, tf2_outputs, rtol=1e-2, atol=1e-4)
 
 
+def test_a_version_appears_complete_or_not_at_all(tmp_path, monkeypatch):
+    """The version is written under a hidden name and renamed when complete: a server watching
+    the base directory never sees it half-written, and an interrupted export leaves nothing."""
+    hps = HParams.preset("tiny")
+    model = SketchRNN(hps, max_seq_len=MAX_SEQ_LEN)
+    model({"strokes": tf.zeros([1, 2, 5]), "lengths": tf.constant([2])}, training=False)
+    metadata = {"format_version": 1, "scale_factor": 10.0, "max_seq_len": MAX_SEQ_LEN, "classes": ["cat"]}
+    real_save, during = tf.saved_model.save, []
+
+    def save_then_ctrl_c(*args, **kwargs):
+        real_save(*args, **kwargs)
+        during.append(sorted(os.listdir(tmp_path)))
+        raise KeyboardInterrupt  # Ctrl-C after the SavedModel, before assets.extra is written.
+
+    monkeypatch.setattr(tf.saved_model, "save", save_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        export_saved_model(model, hps, metadata, str(tmp_path), version=1)
+    assert during == [[f".1.tmp-{os.getpid()}"]]  # not a version: TF Serving skips such names
+    assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
+    path = export_saved_model(model, hps, metadata, str(tmp_path), version=1)
+    assert os.listdir(tmp_path) == ["1"] and path == str(tmp_path / "1")
+    assert (tmp_path / "1" / "assets.extra" / "metadata.json").exists()
+    with pytest.raises(FileExistsError):
+        export_saved_model(model, hps, metadata, str(tmp_path), version=1)
+
+
 def test_float16_export_refuses_weights_float16_cannot_hold(tmp_path):
     hps = HParams.preset("tiny")
     model = SketchRNN(hps, max_seq_len=MAX_SEQ_LEN)

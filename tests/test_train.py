@@ -202,6 +202,92 @@ def test_train_and_export_clis(tmp_path, sample_dir, capsys):
     assert "hparams.json not found" in capsys.readouterr().err
 
 
+class Stop(Exception):
+    """Raised by the test's signal handlers (a KeyboardInterrupt escaping would end pytest)."""
+
+
+def test_deferred_signals_reach_their_handlers_after_the_block():
+    import signal
+    import threading
+
+    from trainer import interrupts
+
+    came = []
+
+    def handler(signum, frame):
+        came.append(signum)
+        raise Stop(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.signal(signum, handler)
+        try:
+            finished = False
+            with pytest.raises(Stop):
+                with interrupts.deferred():
+                    os.kill(os.getpid(), signum)
+                    os.kill(os.getpid(), signum)  # The same signal twice is passed on once,
+                    finished = True               # after the block has run to its end.
+            assert finished and came == [signum]
+            assert signal.getsignal(signum) is handler  # The handler is back in place.
+        finally:
+            signal.signal(signum, previous)
+        came.clear()
+    # A signal left to its default action is not held (SIGTERM would end the process at once).
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with interrupts.deferred():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    # Outside the main thread (no handlers can be installed there) the block just runs.
+    ran = []
+    thread = threading.Thread(target=lambda: ran.append(interrupts.deferred().__enter__() is None))
+    thread.start()
+    thread.join()
+    assert ran == [True]
+
+
+def test_sigterm_during_an_export_lets_it_finish_then_saves_and_stops(tmp_path, sample_dir, monkeypatch):
+    """`sketch-rnn train` turns SIGTERM into KeyboardInterrupt. One that comes while a version is
+    being exported waits until the version is complete (nothing half-written for a server to
+    load), then the trainer saves its checkpoint and stops, as it does between steps."""
+    import signal
+
+    import tensorflow as tf
+
+    from model.hparams import HParams
+    from trainer.train import train_and_evaluate
+
+    write_dataset(tmp_path / "d", sample_sketches(sample_dir, limit=40), shards=1)
+    real_save = tf.saved_model.save
+
+    def save_under_sigterm(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # Preemption just as the SavedModel is written.
+        real_save(*args, **kwargs)
+
+    def on_sigterm(signum, frame):  # as trainer/cli.py's
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tf.saved_model, "save", save_under_sigterm)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    logs = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_and_evaluate(str(tmp_path / "d"), str(tmp_path / "run"),
+                               HParams.preset("tiny").replace(batch_size=4), 6, "one_device",
+                               checkpoint_every=100, eval_every=0, log_every=1, export_every=2,
+                               test_at_end=False, log=logs.append)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert any(x.startswith("interrupted at step 2; checkpoint saved") for x in logs), logs
+    assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")).endswith("ckpt-2")
+    export = tmp_path / "run" / "export"
+    (version,) = os.listdir(export)  # One complete version, no partial or temporary directory.
+    assert version.isdigit()
+    assert (export / version / "saved_model.pb").exists()
+    assert (export / version / "assets.extra" / "metadata.json").exists()
+
+
 EQUIV_SCRIPT = textwrap.dedent('''
     import json, sys
     import numpy as np

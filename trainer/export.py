@@ -239,6 +239,12 @@ def export_saved_model(model, hps: HParams, metadata: dict[str, Any], export_bas
     `--xla_cpu_compilation_enabled` for those on CPU). `weights`: "float32" (default), "float16"
     (kernels stored as float16, about half the size) or "int8" (kernels as int8 with a scale per
     column, about a quarter; see SketchModule). Returns the version directory.
+
+    On a local disk the version is written under a hidden name in the same directory
+    (`.<version>.tmp-<pid>`) and renamed into place when complete, so a server watching the base
+    directory (TF Serving, `sketch-rnn serve`) never sees it half-written, and an export that fails
+    or is interrupted leaves no version behind (its partial files are removed). Object stores
+    (gs://...) have no atomic rename: there the version is written in place, as before.
     """
     version = int(version if version is not None else time.time())
     path = os.path.join(export_base_dir, str(version))
@@ -246,14 +252,25 @@ def export_saved_model(model, hps: HParams, metadata: dict[str, Any], export_bas
         raise FileExistsError(f"{path} exists: choose another --version or export dir")
     module = SketchModule(model, hps, metadata, xla=xla, weights=weights)
     module.track_variables()
-    tf.saved_model.save(module, path, signatures=module.signature_functions())
-    extra = os.path.join(path, "assets.extra")
-    tf.io.gfile.makedirs(extra)
-    with tf.io.gfile.GFile(os.path.join(extra, "hparams.json"), "w") as f:
-        f.write(hps.to_json())
-    with tf.io.gfile.GFile(os.path.join(extra, "metadata.json"), "w") as f:
-        # n_max: the length the signatures sample to (and the longest input they take).
-        f.write(json.dumps({**metadata, "n_max": module.max_len}, indent=2, sort_keys=True))
+    local = "://" not in export_base_dir
+    target = os.path.join(export_base_dir, f".{version}.tmp-{os.getpid()}") if local else path
+    try:
+        if tf.io.gfile.exists(target):  # Left by a killed export of this process id.
+            tf.io.gfile.rmtree(target)
+        tf.saved_model.save(module, target, signatures=module.signature_functions())
+        extra = os.path.join(target, "assets.extra")
+        tf.io.gfile.makedirs(extra)
+        with tf.io.gfile.GFile(os.path.join(extra, "hparams.json"), "w") as f:
+            f.write(hps.to_json())
+        with tf.io.gfile.GFile(os.path.join(extra, "metadata.json"), "w") as f:
+            # n_max: the length the signatures sample to (and the longest input they take).
+            f.write(json.dumps({**metadata, "n_max": module.max_len}, indent=2, sort_keys=True))
+        if local:
+            tf.io.gfile.rename(target, path)  # AlreadyExistsError if PATH appeared meanwhile.
+    except BaseException:
+        if local and tf.io.gfile.exists(target):
+            tf.io.gfile.rmtree(target)
+        raise
     return path
 
 

@@ -32,6 +32,7 @@ from model.hparams import HParams
 from pipeline import schema
 from trainer import checkpoints as checkpoints_lib
 from trainer import input as input_lib
+from trainer import interrupts
 
 STRATEGIES = ("mirrored", "multiworker", "one_device")
 FLOAT16_LOSS_SCALE = 1024.0  # Static loss scale for mixed_float16 (gradients are unscaled before clipping).
@@ -581,8 +582,9 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
 
     def save(reason: str) -> str | None:
         # Named by the step variable it holds: an interrupt can land after the step's update
-        # and before `current` counts it.
-        return manager.save(checkpoint_number=int(step.numpy()))
+        # and before `current` counts it. Ctrl-C / SIGTERM during the write wait for its end.
+        with interrupts.deferred():
+            return manager.save(checkpoint_number=int(step.numpy()))
 
     try:
         while current < steps:
@@ -620,8 +622,9 @@ def train_and_evaluate(data_dir: str, model_dir: str, hps: HParams, steps: int,
                     summarize("valid", valid, current)
                     record("valid", valid, current)
                     if valid["cost"] < float(best_cost.numpy()):
-                        best_cost.assign(valid["cost"])
-                        best_manager.save(checkpoint_number=current)
+                        with interrupts.deferred():
+                            best_cost.assign(valid["cost"])
+                            best_manager.save(checkpoint_number=current)
                 summarize_samples(current)
             if export_every and export and chief and current % export_every == 0 and current < steps:
                 path = export_version(model, hps, metadata, export_dir or os.path.join(model_dir, "export"))
@@ -662,7 +665,8 @@ def export_version(model, hps: HParams, metadata: dict[str, Any], export_base: s
                                              if tf.io.gfile.isdir(export_base) else [])
                 if n.rstrip("/").isdigit()]
     version = max([int(time.time())] + [v + 1 for v in versions])
-    return export_saved_model(model, hps, metadata, export_base, version=version)
+    with interrupts.deferred():  # Ctrl-C / SIGTERM: stop once the version is written.
+        return export_saved_model(model, hps, metadata, export_base, version=version)
 
 
 def _last_wall_s(path: str) -> float:
