@@ -241,7 +241,12 @@ def test_deferred_signals_reach_their_handlers_after_the_block():
         signal.signal(signal.SIGTERM, previous)
     # Outside the main thread (no handlers can be installed there) the block just runs.
     ran = []
-    thread = threading.Thread(target=lambda: ran.append(interrupts.deferred().__enter__() is None))
+
+    def in_a_thread():
+        with interrupts.deferred():
+            ran.append(True)
+
+    thread = threading.Thread(target=in_a_thread)
     thread.start()
     thread.join()
     assert ran == [True]

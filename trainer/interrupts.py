@@ -4,8 +4,9 @@
 KeyboardInterrupt, then saves a checkpoint and exits with 130. Python raises that exception in the
 main thread wherever it happens to be, which can be inside a checkpoint write or a SavedModel
 export: the files are left half-written, TensorFlow's own Python code half-way through, and the
-interrupt save that follows runs on what is left. `deferred()` holds both signals while such a write runs
-and hands them to their own handlers once it is done, so the stop comes right after the write.
+interrupt save that follows runs on what is left. `deferred()` holds both signals while such a
+write runs and hands them to their own handlers once it is done, so the stop comes right after
+the write.
 """
 
 from __future__ import annotations
